@@ -1,0 +1,80 @@
+# Two commands matter on a fresh machine: `make up` and `make test` (see README).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+GEN := gen/python
+PROTOS := $(shell find protos -name '*.proto')
+LOCAL_PACKAGES := libs/resilience libs/meshkit services/inventory services/payment services/order
+VENV_STAMP := $(VENV)/.installed
+GEN_STAMP := $(GEN)/.generated
+BUF := node_modules/.bin/buf
+
+.PHONY: help
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(VENV_STAMP): requirements.txt $(addsuffix /pyproject.toml,$(LOCAL_PACKAGES))
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt $(addprefix -e ,$(LOCAL_PACKAGES))
+	@touch $@
+
+# Generated code lives in one git-ignored place; a .pth file puts it on the venv's path.
+$(GEN_STAMP): $(PROTOS) $(VENV_STAMP)
+	rm -rf $(GEN) && mkdir -p $(GEN)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN) --mypy_out=$(GEN) \
+		--grpc_python_out=$(GEN) --mypy_grpc_out=$(GEN) $(PROTOS)
+	$(PY) -c 'import site,os; open(os.path.join(site.getsitepackages()[0], "mesh_gen.pth"), "w").write(os.path.abspath("$(GEN)") + "\n")'
+	@touch $@
+
+.PHONY: venv gen
+venv: $(VENV_STAMP) ## create .venv with every dependency
+gen: $(GEN_STAMP) ## generate Python code from protos/
+
+.PHONY: system-deps
+system-deps: ## install Debian packages that are missing (redis-server)
+	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
+
+.PHONY: setup
+setup: system-deps venv gen
+
+.PHONY: up down status logs
+up: setup ## set up what is missing, launch the mesh, wait until healthy
+	$(PY) -m meshkit.stack up
+down: ## stop everything `make up` started
+	@test -x $(PY) && $(PY) -m meshkit.stack down || true
+status: ## show every process of the stack and its health
+	$(PY) -m meshkit.stack status
+logs: ## tail the logs of every process (LINES=n)
+	$(PY) -m meshkit.stack logs
+
+.PHONY: test
+test: setup ## set up and run the whole suite
+	$(PY) -m pytest
+
+.PHONY: bench
+bench: setup ## run the benchmarks under bench/
+	$(PY) -m bench
+
+$(BUF): package.json
+	npm install --silent --no-audit --no-fund
+	@touch $@
+
+.PHONY: lint
+lint: setup $(BUF) ## ruff, mypy strict on libs, buf lint on protos
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	cd protos && ../$(BUF) lint
+
+.PHONY: fmt
+fmt: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+.PHONY: clean
+clean: down
+	rm -rf $(VENV) gen var node_modules

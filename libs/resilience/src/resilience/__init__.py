@@ -1,0 +1,1 @@
+"""Deadlines, retries with a budget, circuit breakers and bulkheads for gRPC clients."""
