@@ -1,0 +1,73 @@
+"""SQLite in WAL mode, one connection per thread, explicit write transactions."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+class Database:
+    """A SQLite file shared by this process's threads (and possibly other processes).
+
+    Writers use ``BEGIN IMMEDIATE`` so the write lock is taken up front: a
+    read-then-write transaction can then never fail half-way with SQLITE_BUSY,
+    and concurrent writers queue on ``busy_timeout`` instead.
+    """
+
+    def __init__(self, path: Path, schema: str) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        # executescript manages its own transaction; schemas use IF NOT EXISTS so every
+        # process (payment v1 and v2 share a file) can run it at start-up.
+        self._connect().executescript(schema)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable across process crashes in WAL mode (only an OS crash can lose
+            # the last transactions), which is the failure model of this project.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: commits on success, rolls back on any exception."""
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def read(self) -> sqlite3.Connection:
+        """A connection for single-statement reads (autocommit, WAL snapshot per statement)."""
+        return self._connect()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: several statements see one consistent snapshot."""
+        conn = self._connect()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    def ping(self) -> None:
+        """Health check: the file is reachable and answers a query."""
+        self._connect().execute("SELECT 1").fetchone()
