@@ -13,7 +13,6 @@ from __future__ import annotations
 from mesh.inventory.v1 import inventory_pb2
 from mesh.order.v1 import order_pb2
 from mesh.payment.v1 import payment_pb2
-
 from meshkit.server import (
     RunningServer,
     ServerOptions,

@@ -1,0 +1,113 @@
+"""Helpers for tests of mesh services: free ports, a throwaway redis-server, health waits."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (the kernel picks it; races are rare on loopback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True, slots=True)
+class RedisServer:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+@contextlib.contextmanager
+def redis_server(port: int | None = None) -> Iterator[RedisServer]:
+    """Starts a private ``redis-server`` that keeps nothing on disk, and stops it afterwards."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: run `make setup`")
+    port = port or free_port()
+    workdir = tempfile.mkdtemp(prefix="mesh-redis-")
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = RedisServer(port, process)
+    try:
+        wait_until(lambda: _pings(server), timeout_s=10, what=f"redis-server on {port}")
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _pings(server: RedisServer) -> bool:
+    try:
+        return bool(server.client().ping())
+    except redis.RedisError:
+        return False
+
+
+def wait_until(predicate: object, *, timeout_s: float, what: str, interval_s: float = 0.05) -> None:
+    """Polls ``predicate`` until it returns true; raises TimeoutError naming ``what``."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def is_serving(target: str, service: str = "", timeout_s: float = 1.0) -> bool:
+    """One gRPC health check; False on any error."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+            )
+        except grpc.RpcError:
+            return False
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def tmp_data_dir(base: Path, name: str) -> Path:
+    path = base / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
