@@ -1,0 +1,37 @@
+"""``python -m payment_service``: one payment deployment, configured by PAYMENT_* variables."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from meshkit.server import configure_logging, run_until_signalled
+from meshkit.settings import SettingsError
+
+from .config import Settings
+from .server import serve
+
+_log = logging.getLogger("payment_service")
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"payment: bad setting: {error}", file=sys.stderr)
+        return 2
+    configure_logging(f"payment-{settings.version}")
+    _log.info(
+        "payment %s: data %s, fault rate %s (%s), latency %d ms",
+        settings.version,
+        settings.db_path,
+        settings.fault_rate,
+        settings.fault_code.name,
+        settings.latency_ms,
+    )
+    run_until_signalled(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
