@@ -1,1 +1,110 @@
-"""Deadlines, retries with a budget, circuit breakers and bulkheads for gRPC clients."""
+"""Deadlines, retries with a budget, circuit breakers and bulkheads for gRPC clients.
+
+Pipeline order, fixed: bulkhead -> overall deadline -> retry (with budget) -> circuit breaker ->
+per-attempt timeout. See README.md.
+"""
+
+from ._aio_client import aio_interceptors
+from ._backoff import Wait, WaitFixed, WaitFullJitter
+from ._breaker import (
+    AnyOf,
+    Breaker,
+    BreakerOpen,
+    BreakerOptions,
+    ConsecutiveFailures,
+    FailureRate,
+    TripCondition,
+)
+from ._budget import RetryBudget, ThrottleOptions
+from ._bulkhead import Bulkhead, BulkheadOptions
+from ._client import LocalRpcError, intercept_channel
+from ._client import interceptors as sync_interceptors
+from ._clock import SYSTEM_CLOCK, Clock, Rng, SystemClock
+from ._config import ENV_OVERRIDES, ENV_POLICY_FILE, build_policy, load_policy
+from ._deadline import deadline_scope, remaining_time
+from ._errors import LocalFailure, PolicyError
+from ._events import (
+    OUTCOME_BREAKER_OPEN,
+    OUTCOME_BULKHEAD_FULL,
+    OUTCOME_DEADLINE,
+    OUTCOME_ERROR,
+    OUTCOME_SUCCESS,
+    AttemptEnded,
+    BreakerRejected,
+    BreakerStateChanged,
+    BulkheadRejected,
+    CallEnded,
+    CallSite,
+    DeadlineExceededLocally,
+    Event,
+    Listener,
+    RecordingListener,
+    RetryBudgetExhausted,
+    RetryScheduled,
+)
+from ._grpc_common import IDEMPOTENCY_KEY_FIELD, IDEMPOTENCY_KEY_HEADER, PUSHBACK_HEADER
+from ._pipeline import Pipeline
+from ._policy import ClientPolicy, Idempotency, MethodPolicy, RetryOptions
+from ._prometheus import PrometheusListener
+from ._server import AioDeadlineServerInterceptor, DeadlineServerInterceptor
+
+__all__ = [
+    "ENV_OVERRIDES",
+    "ENV_POLICY_FILE",
+    "IDEMPOTENCY_KEY_FIELD",
+    "IDEMPOTENCY_KEY_HEADER",
+    "OUTCOME_BREAKER_OPEN",
+    "OUTCOME_BULKHEAD_FULL",
+    "OUTCOME_DEADLINE",
+    "OUTCOME_ERROR",
+    "OUTCOME_SUCCESS",
+    "PUSHBACK_HEADER",
+    "SYSTEM_CLOCK",
+    "AioDeadlineServerInterceptor",
+    "AnyOf",
+    "AttemptEnded",
+    "Breaker",
+    "BreakerOpen",
+    "BreakerOptions",
+    "BreakerRejected",
+    "BreakerStateChanged",
+    "Bulkhead",
+    "BulkheadOptions",
+    "BulkheadRejected",
+    "CallEnded",
+    "CallSite",
+    "ClientPolicy",
+    "Clock",
+    "ConsecutiveFailures",
+    "DeadlineExceededLocally",
+    "DeadlineServerInterceptor",
+    "Event",
+    "FailureRate",
+    "Idempotency",
+    "Listener",
+    "LocalFailure",
+    "LocalRpcError",
+    "MethodPolicy",
+    "Pipeline",
+    "PolicyError",
+    "PrometheusListener",
+    "RecordingListener",
+    "RetryBudget",
+    "RetryBudgetExhausted",
+    "RetryOptions",
+    "RetryScheduled",
+    "Rng",
+    "SystemClock",
+    "ThrottleOptions",
+    "TripCondition",
+    "Wait",
+    "WaitFixed",
+    "WaitFullJitter",
+    "aio_interceptors",
+    "build_policy",
+    "deadline_scope",
+    "intercept_channel",
+    "load_policy",
+    "remaining_time",
+    "sync_interceptors",
+]

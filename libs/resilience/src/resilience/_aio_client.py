@@ -1,0 +1,152 @@
+"""grpc.aio client interceptors: one object per call type, each running the whole pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from ._clock import SYSTEM_CLOCK, Clock, Rng
+from ._codes import OK
+from ._errors import LocalFailure
+from ._events import Listener
+from ._grpc_common import code_name, grpc_code, has_idempotency_key, pushback
+from ._pipeline import Pipeline, Plan, Status
+from ._policy import ClientPolicy
+
+_Ctx = tuple[Any, Any, Any]  # (continuation, call details, request)
+
+
+def _error(failure: LocalFailure) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc_code(failure.code), grpc.aio.Metadata(), grpc.aio.Metadata(), failure.details
+    )
+
+
+class _AsyncUnaryAdapter:
+    __slots__ = ()
+
+    async def send(self, ctx: _Ctx, timeout: float, attempt: int) -> Any:
+        continuation, d, request = ctx
+        details = grpc.aio.ClientCallDetails(
+            d.method, timeout, d.metadata, d.credentials, d.wait_for_ready
+        )
+        return await continuation(details, request)
+
+    async def status(self, call: Any) -> Status | None:
+        try:
+            code = await call.code()
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        if code is grpc.StatusCode.OK:
+            return None
+        return code_name(code), pushback(await call.trailing_metadata())
+
+    def has_key(self, ctx: _Ctx) -> bool:
+        return has_idempotency_key(ctx[1].metadata, ctx[2])
+
+    def local_error(self, ctx: _Ctx, failure: LocalFailure) -> Any:
+        raise _error(failure)
+
+
+_ADAPTER = _AsyncUnaryAdapter()
+
+
+class _AioBase:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+        self._plans: dict[Any, Plan] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    def _plan(self, method: bytes | str) -> Plan:
+        plan = self._plans.get(method)
+        if plan is None:
+            name = method.decode() if isinstance(method, bytes) else method
+            plan = self._plans[method] = self._pipeline.plan(name)
+        return plan
+
+    async def _stream(self, continuation: Any, d: Any, request: Any) -> Any:
+        """Streams are not retried (responses may already be consumed); the rest applies."""
+        pipeline = self._pipeline
+        plan = self._plan(d.method)
+        try:
+            timeout, probe, start = pipeline.open_stream(plan, d.timeout)
+        except LocalFailure as failure:
+            raise _error(failure) from None
+        details = grpc.aio.ClientCallDetails(
+            d.method, timeout, d.metadata, d.credentials, d.wait_for_ready
+        )
+        try:
+            call = await continuation(details, request)
+        except BaseException:
+            pipeline.close_stream(plan, probe, start, timeout, "CANCELLED")
+            raise
+
+        async def watch() -> None:
+            try:
+                code = code_name(await call.code())
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+            pipeline.close_stream(plan, probe, start, timeout, code if code != OK else OK)
+
+        task = asyncio.ensure_future(watch())
+        self._watchers.add(task)  # a strong reference until it ends
+        task.add_done_callback(self._watchers.discard)
+        return call
+
+
+class AioUnaryUnaryInterceptor(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
+    """The whole pipeline for unary calls, retries included."""
+
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        d = client_call_details
+        return await self._pipeline.run_async(
+            self._plan(d.method), d.timeout, _ADAPTER, (continuation, d, request)
+        )
+
+
+class AioUnaryStreamInterceptor(_AioBase, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
+    async def intercept_unary_stream(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        return await self._stream(continuation, client_call_details, request)
+
+
+class AioStreamUnaryInterceptor(_AioBase, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
+    async def intercept_stream_unary(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return await self._stream(continuation, client_call_details, request_iterator)
+
+
+class AioStreamStreamInterceptor(_AioBase, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
+    async def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return await self._stream(continuation, client_call_details, request_iterator)
+
+
+def aio_interceptors(
+    *,
+    target: str,
+    policy: ClientPolicy,
+    listeners: Sequence[Listener] = (),
+    clock: Clock = SYSTEM_CLOCK,
+    rng: Rng | None = None,
+    pipeline: Pipeline | None = None,
+) -> list[grpc.aio.ClientInterceptor]:
+    """The four aio interceptors (one per call type) for `grpc.aio.*_channel(interceptors=...)`."""
+    if pipeline is None:
+        pipeline = Pipeline(target=target, policy=policy, listeners=listeners, clock=clock, rng=rng)
+    return [
+        AioUnaryUnaryInterceptor(pipeline),
+        AioUnaryStreamInterceptor(pipeline),
+        AioStreamUnaryInterceptor(pipeline),
+        AioStreamStreamInterceptor(pipeline),
+    ]

@@ -1,0 +1,137 @@
+"""Events the pipeline emits; listeners (metrics, traces, logs) subscribe to them.
+
+A listener is any callable taking one event; dispatch with `match` or on `type(event)`.
+Every event carries its `CallSite` (target and method, created once per method), so a
+listener can cache whatever it binds per site. Attempts are numbered from 1, which is what a
+tracing listener needs to tell attempt spans apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeAlias
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class CallSite:
+    """One (target, method) pair; identity-hashed, so it is a cheap cache key."""
+
+    target: str
+    method: str  # "/package.Service/Method"
+    service: str
+    name: str  # "Method"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptEnded:
+    """One attempt finished (sent and answered, or failed locally after being sent)."""
+
+    site: CallSite
+    attempt: int
+    code: str
+    start: float  # clock.monotonic() when the attempt was sent
+    duration: float
+    timeout: float  # the attempt's own timeout
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryScheduled:
+    """Attempt `attempt` failed with `code`; the next one is sent after `delay` seconds."""
+
+    site: CallSite
+    attempt: int
+    code: str
+    delay: float
+    pushback: bool  # the delay came from the server's grpc-retry-pushback-ms
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryBudgetExhausted:
+    """A retry was allowed by the policy but the target's retry budget had no tokens."""
+
+    site: CallSite
+    attempt: int
+    code: str
+    tokens: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerStateChanged:
+    """A circuit breaker moved between closed, open and half-open."""
+
+    target: str
+    method: str  # "" for a target-wide breaker
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerRejected:
+    """The breaker failed an attempt fast, without sending it."""
+
+    site: CallSite
+    attempt: int
+    state: str
+    probe_in: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BulkheadRejected:
+    """The target already had `limit` calls in flight."""
+
+    site: CallSite
+    limit: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadlineExceededLocally:
+    """No time left for (another) attempt: failed with DEADLINE_EXCEEDED without sending it."""
+
+    site: CallSite
+    attempt: int
+    remaining: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallEnded:
+    """The logical call finished; `outcome` is a low-cardinality label value."""
+
+    site: CallSite
+    code: str
+    attempts: int
+    duration: float
+    outcome: str
+
+
+# Values of CallEnded.outcome.
+OUTCOME_SUCCESS = "success"
+OUTCOME_ERROR = "error"  # the server's answer, after any retries
+OUTCOME_BREAKER_OPEN = "breaker_open"
+OUTCOME_BULKHEAD_FULL = "bulkhead_full"
+OUTCOME_DEADLINE = "deadline_exceeded_locally"
+
+Event: TypeAlias = (
+    AttemptEnded
+    | RetryScheduled
+    | RetryBudgetExhausted
+    | BreakerStateChanged
+    | BreakerRejected
+    | BulkheadRejected
+    | DeadlineExceededLocally
+    | CallEnded
+)
+Listener: TypeAlias = Callable[[Event], None]
+
+
+class RecordingListener:
+    """Keeps every event in a list (tests, debugging)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[Event]) -> list[Event]:
+        return [e for e in self.events if isinstance(e, kind)]
