@@ -1,0 +1,279 @@
+"""Order rules with no I/O: request validation, the fingerprint, and the saga as a state table.
+
+An order row always names the *next* action to take (its ``step``), and is saved before
+that action runs. A step's call ends in one :class:`Outcome`; :data:`TRANSITIONS` says
+where that leads. Anything not in the table keeps the order where it is: a compensation
+that could not reach its service is retried later by the recovery loop.
+
+    step         call                          OK            DECLINED      REJECTED     UNKNOWN
+    RESERVE      Reserve(order_id, lines)      CHARGE        FAILED        FAILED       RELEASE
+    CHARGE       Charge("charge-"+order_id)    COMMIT        RELEASE       RELEASE      VOID_CHARGE
+    COMMIT       Commit; on error Release      CONFIRMED     REFUND        (stay)       (stay)
+    VOID_CHARGE  VoidCharge("charge-"+id)      RELEASE       (stay)        (stay)       (stay)
+    RELEASE      Release (Reserve to learn id) FAILED        (stay)        (stay)       (stay)
+    REFUND       Refund("refund-"+order_id)    FAILED        (stay)        (stay)       (stay)
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from meshkit.errors import Validator
+from meshkit.ids import CUSTOMER_ID_RE, REQUEST_ID_RE, SKU_RE, id_pattern
+
+ORDER_ID_PREFIX = "ord"
+ORDER_ID_RE = id_pattern(ORDER_ID_PREFIX)
+MAX_LINES = 50
+MAX_QUANTITY = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    currency_code: str
+    amount_minor: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewOrder:
+    """A validated CreateOrder request."""
+
+    customer_id: str
+    lines: tuple[Line, ...]
+    request_id: str
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.customer_id, self.lines)
+
+
+def fingerprint(customer_id: str, lines: Sequence[Line]) -> str:
+    """sha256 of the canonical payload: the same order whatever the order of its lines."""
+    canonical = json.dumps(
+        {"customer_id": customer_id, "lines": sorted((ln.sku, ln.quantity) for ln in lines)},
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def validate_create(
+    customer_id: str, lines: Sequence[tuple[str, int]], request_id: str
+) -> NewOrder:
+    """Checks every field and raises one InvalidArgument naming all the bad ones."""
+    v = Validator()
+    check_customer_id(v, customer_id, required=True)
+    v.check(
+        bool(REQUEST_ID_RE.match(request_id)),
+        "request_id",
+        "must be 1-128 characters of [A-Za-z0-9._:-] (e.g. a UUID)",
+    )
+    v.check(1 <= len(lines) <= MAX_LINES, "lines", f"must have 1 to {MAX_LINES} lines")
+    first_seen: dict[str, int] = {}
+    for i, (sku, quantity) in enumerate(lines):
+        if not SKU_RE.match(sku):
+            v.add(f"lines[{i}].sku", "must be 1-32 characters of [A-Z0-9-], e.g. SKU-0001")
+        elif sku in first_seen:
+            v.add(f"lines[{i}].sku", f"duplicates lines[{first_seen[sku]}].sku ({sku})")
+        else:
+            first_seen[sku] = i
+        v.check(
+            1 <= quantity <= MAX_QUANTITY,
+            f"lines[{i}].quantity",
+            f"must be between 1 and {MAX_QUANTITY}, got {quantity}",
+        )
+    v.raise_if_invalid()
+    return NewOrder(
+        customer_id=customer_id,
+        lines=tuple(Line(sku, quantity) for sku, quantity in lines),
+        request_id=request_id,
+    )
+
+
+def check_customer_id(v: Validator, customer_id: str, *, required: bool) -> None:
+    if customer_id or required:
+        v.check(
+            bool(CUSTOMER_ID_RE.match(customer_id)),
+            "customer_id",
+            "must be 1-64 characters of [A-Za-z0-9._-]",
+        )
+
+
+def check_order_id(v: Validator, order_id: str, field: str = "order_id") -> None:
+    v.check(bool(ORDER_ID_RE.match(order_id)), field, "must be ord_ followed by 32 hex digits")
+
+
+class Status(enum.StrEnum):
+    PENDING = "PENDING"
+    CONFIRMED = "CONFIRMED"
+    FAILED = "FAILED"
+
+
+class Step(enum.StrEnum):
+    """The next action for a PENDING order; DONE once it is CONFIRMED or FAILED."""
+
+    RESERVE = "RESERVE"
+    CHARGE = "CHARGE"
+    COMMIT = "COMMIT"
+    VOID_CHARGE = "VOID_CHARGE"
+    RELEASE = "RELEASE"
+    REFUND = "REFUND"
+    DONE = "DONE"
+
+    @property
+    def compensating(self) -> bool:
+        return self in _COMPENSATING
+
+
+_COMPENSATING = frozenset({Step.VOID_CHARGE, Step.RELEASE, Step.REFUND})
+
+
+class Outcome(enum.StrEnum):
+    """How one step's call ended."""
+
+    OK = "OK"  # it did what was asked
+    DECLINED = "DECLINED"  # a business "no": out of stock, payment declined, stock not committed
+    REJECTED = "REJECTED"  # a definite error: the call did nothing
+    UNKNOWN = "UNKNOWN"  # no answer: it may or may not have happened
+
+
+#: Where an order goes after a step ends in an outcome (see the module docstring).
+TRANSITIONS: Mapping[tuple[Step, Outcome], Step | Status] = {
+    (Step.RESERVE, Outcome.OK): Step.CHARGE,
+    (Step.RESERVE, Outcome.DECLINED): Status.FAILED,
+    (Step.RESERVE, Outcome.REJECTED): Status.FAILED,
+    # The reservation may exist: find it (Reserve is idempotent by order_id) and release it.
+    (Step.RESERVE, Outcome.UNKNOWN): Step.RELEASE,
+    (Step.CHARGE, Outcome.OK): Step.COMMIT,
+    (Step.CHARGE, Outcome.DECLINED): Step.RELEASE,
+    (Step.CHARGE, Outcome.REJECTED): Step.RELEASE,
+    # The charge may have been captured, or may still arrive: void it before releasing stock.
+    (Step.CHARGE, Outcome.UNKNOWN): Step.VOID_CHARGE,
+    (Step.COMMIT, Outcome.OK): Status.CONFIRMED,
+    # Commit failed and the stock went back instead: give the money back too.
+    (Step.COMMIT, Outcome.DECLINED): Step.REFUND,
+    (Step.VOID_CHARGE, Outcome.OK): Step.RELEASE,
+    (Step.RELEASE, Outcome.OK): Status.FAILED,
+    (Step.REFUND, Outcome.OK): Status.FAILED,
+}
+
+#: gRPC codes after which the callee has certainly done nothing; any other error may hide
+#: a completed call (DEADLINE_EXCEEDED, UNAVAILABLE after sending, INTERNAL, ...).
+DEFINITE_CODES = frozenset(
+    {
+        "INVALID_ARGUMENT",
+        "FAILED_PRECONDITION",
+        "ALREADY_EXISTS",
+        "NOT_FOUND",
+        "OUT_OF_RANGE",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "UNIMPLEMENTED",
+    }
+)
+
+
+def is_definite(code: str) -> bool:
+    return code in DEFINITE_CODES
+
+
+# Failure reasons: what a FAILED order says, first failure wins.
+OUT_OF_STOCK = "out of stock"
+PAYMENT_DECLINED = "payment declined"
+PAYMENT_UNAVAILABLE = "payment unavailable"
+PAYMENT_REJECTED = "payment rejected"
+INVENTORY_UNAVAILABLE = "inventory unavailable"
+INVENTORY_REJECTED = "inventory rejected the order"
+INVENTORY_UNAVAILABLE_AT_COMMIT = "inventory unavailable at commit"
+
+
+def reason(kind: str, detail: str = "") -> str:
+    """``kind: detail``, without repeating the kind when the detail already starts with it."""
+    if not detail:
+        return kind
+    if detail.startswith(kind):
+        return detail
+    return f"{kind}: {detail}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Order:
+    """An order as persisted: the request, the saga's position, and what each step produced."""
+
+    order_id: str
+    request_id: str
+    fingerprint: str
+    customer_id: str
+    lines: tuple[Line, ...]
+    status: Status = Status.PENDING
+    step: Step = Step.RESERVE
+    failure_reason: str = ""
+    reservation_id: str = ""
+    payment_id: str = ""
+    total: Money | None = None
+    create_time_us: int = 0
+    update_time_us: int = 0
+
+    @property
+    def charge_request_id(self) -> str:
+        return f"charge-{self.order_id}"
+
+    @property
+    def refund_request_id(self) -> str:
+        return f"refund-{self.order_id}"
+
+
+def new_order(order_id: str, request: NewOrder) -> Order:
+    return Order(
+        order_id=order_id,
+        request_id=request.request_id,
+        fingerprint=request.fingerprint,
+        customer_id=request.customer_id,
+        lines=request.lines,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepResult:
+    """What one step's calls produced; ids and total are kept whatever the outcome."""
+
+    outcome: Outcome
+    reason: str = ""
+    reservation_id: str = ""
+    payment_id: str = ""
+    total: Money | None = None
+
+
+def advance(order: Order, result: StepResult) -> Order:
+    """The order after ``result``: pure, so the whole saga's logic can be read and tested here."""
+    if order.status is not Status.PENDING:
+        raise ValueError(f"{order.order_id} is {order.status}, not PENDING")
+    target = TRANSITIONS.get((order.step, result.outcome), order.step)
+    failing = target is Status.FAILED or (isinstance(target, Step) and target.compensating)
+    order = replace(
+        order,
+        reservation_id=result.reservation_id or order.reservation_id,
+        payment_id=result.payment_id or order.payment_id,
+        total=result.total or order.total,
+        # The first failure is the reason; the compensations that follow keep it.
+        failure_reason=order.failure_reason or (result.reason if failing else ""),
+    )
+    if target is Status.CONFIRMED:
+        return replace(order, status=Status.CONFIRMED, step=Step.DONE)
+    if target is Status.FAILED:
+        return replace(order, status=Status.FAILED, step=Step.DONE)
+    assert isinstance(target, Step)
+    return replace(order, step=target)
+
+
+def fail(order: Order, why: str) -> Order:
+    """Ends an order that cannot go on at all (e.g. inventory rejects lines found at recovery)."""
+    return replace(order, status=Status.FAILED, step=Step.DONE, failure_reason=why)

@@ -1,0 +1,189 @@
+"""The order use cases behind the RPCs, with AIP-155 request_id semantics around the saga.
+
+Timeline of one request_id, across threads and replicas::
+
+    first:      lease(new order_id) -> claim request_id in Redis -> insert PENDING -> saga -> answer
+    duplicate:  finds the row (or the claim) -> same fingerprint? -> waits for the first to finish
+                (bounded by its own deadline) -> answers the same order; else ALREADY_EXISTS
+
+The claim is withdrawn only when inventory rejects the lines (nothing is left behind), and
+SQLite's UNIQUE(request_id) catches what a Redis that lost its keys would let through.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import redis
+
+from meshkit.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, Validator
+from meshkit.ids import new_id
+from meshkit.paging import check_page_size, decode_token, encode_token
+from order_service import domain
+from order_service.domain import NewOrder, Order, Status
+from order_service.saga import Saga
+from order_service.store import Claim, Claims, Cursor, DuplicateRequest, Lease, Leases, OrderStore
+
+_log = logging.getLogger(__name__)
+
+#: How often a duplicate looks whether the first request has finished.
+POLL_INTERVAL_S = 0.02
+
+
+class Orders:
+    def __init__(
+        self,
+        store: OrderStore,
+        claims: Claims,
+        leases: Leases,
+        saga: Saga,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._store = store
+        self._claims = claims
+        self._leases = leases
+        self._saga = saga
+        self._monotonic = monotonic
+        self._sleep = sleep
+
+    # --- CreateOrder ---------------------------------------------------------------------
+
+    def create(self, request: NewOrder, wait_s: float) -> Order:
+        """Runs the saga once per request_id; a duplicate waits up to ``wait_s`` for it."""
+        deadline = self._monotonic() + wait_s
+        while True:
+            order = self._create_once(request, deadline)
+            if order is not None:
+                return order
+
+    def _create_once(self, request: NewOrder, deadline: float) -> Order | None:
+        """The order for this request, or None when the state moved under us: start over."""
+        existing = self._store.by_request_id(request.request_id)
+        if existing is not None:
+            self._check_same_payload(request, existing.fingerprint, existing.order_id)
+            return self._await(Claim(existing.order_id, existing.fingerprint), request, deadline)
+        mine = Claim(new_id(domain.ORDER_ID_PREFIX), request.fingerprint)
+        lease = self._leases.lease(mine.order_id)
+        with _redis_required():
+            lease.acquire()  # a fresh order_id: always free; held until the saga stops
+            try:
+                holder = self._claims.claim(request.request_id, mine)
+                if holder is None:
+                    return self._run_new(request, mine, lease)
+            finally:
+                lease.release()
+        self._check_same_payload(request, holder.fingerprint, holder.order_id)
+        return self._await(holder, request, deadline)
+
+    def _run_new(self, request: NewOrder, claim: Claim, lease: Lease) -> Order | None:
+        try:
+            order = self._store.insert(domain.new_order(claim.order_id, request))
+        except DuplicateRequest:
+            # Redis had lost the claim, and SQLite knows an order for this request_id.
+            self._claims.withdraw(request.request_id, claim)
+            return None
+        try:
+            return self._saga.run(order, lease)
+        except InvalidArgument:
+            # Inventory rejected the lines (an unknown SKU): leave nothing behind.
+            self._store.delete(order.order_id)
+            try:
+                self._claims.withdraw(request.request_id, claim)
+            except redis.RedisError as error:  # a retry finds no row and takes the claim over
+                _log.warning("%s: could not withdraw its claim: %s", order.order_id, error)
+            raise
+
+    def _await(self, holder: Claim, request: NewOrder, deadline: float) -> Order | None:
+        """Waits for the holder's order to leave PENDING or the deadline, whichever comes first."""
+        while True:
+            order = self._store.get(holder.order_id)
+            if order is not None:
+                if order.status is not Status.PENDING or self._monotonic() >= deadline:
+                    return order  # still PENDING at the deadline: the caller can GetOrder later
+            else:
+                with _redis_required():
+                    if self._claims.holder(request.request_id) != holder:
+                        return None  # withdrawn (the lines were invalid): try it ourselves
+                    order = self._take_over(holder, request)
+                if order is not None:
+                    return order
+                if self._monotonic() >= deadline:
+                    raise Unavailable(
+                        f"request_id {request.request_id!r} is still being processed; retry"
+                    )
+            self._sleep(POLL_INTERVAL_S)
+
+    def _take_over(self, holder: Claim, request: NewOrder) -> Order | None:
+        """Runs a claimed request whose first runner died before inserting its order."""
+        lease = self._leases.lease(holder.order_id)
+        if not lease.acquire():
+            return None  # the first runner is still at work
+        try:
+            if self._store.get(holder.order_id) is not None:
+                return None
+            if self._claims.holder(request.request_id) != holder:
+                return None
+            _log.warning("%s: first runner is gone; taking over", holder.order_id)
+            return self._run_new(request, holder, lease)
+        finally:
+            lease.release()
+
+    @staticmethod
+    def _check_same_payload(request: NewOrder, fingerprint: str, order_id: str) -> None:
+        if fingerprint != request.fingerprint:
+            raise AlreadyExists(
+                f"request_id {request.request_id!r} was already used for a different order"
+                f" ({order_id}); send a new request_id for a new order"
+            )
+
+    # --- GetOrder / ListOrders -------------------------------------------------------------
+
+    def get(self, order_id: str) -> Order:
+        v = Validator()
+        domain.check_order_id(v, order_id)
+        v.raise_if_invalid()
+        order = self._store.get(order_id)
+        if order is None:
+            raise NotFound(f"order {order_id} not found")
+        return order
+
+    def list(self, *, customer_id: str, page_size: int, page_token: str) -> tuple[list[Order], str]:
+        """One page, newest first, and the token for the next ("" on the last page)."""
+        v = Validator()
+        domain.check_customer_id(v, customer_id, required=False)
+        size = check_page_size(v, page_size)
+        after = None
+        if page_token:
+            try:
+                after = _cursor(decode_token(page_token, customer_id))
+            except InvalidArgument as error:
+                for violation in error.violations:
+                    v.add(violation.field, violation.description)
+        v.raise_if_invalid()
+        orders = self._store.page(customer_id=customer_id, limit=size + 1, after=after)
+        if len(orders) <= size:
+            return orders, ""
+        last = orders[size - 1]
+        token = encode_token({"t": last.create_time_us, "id": last.order_id}, customer_id)
+        return orders[:size], token
+
+
+def _cursor(raw: dict[str, object]) -> Cursor:
+    create_time, order_id = raw.get("t"), raw.get("id")
+    if not isinstance(create_time, int) or not isinstance(order_id, str):
+        raise InvalidArgument.field("page_token", "is not a token this service issued")
+    return Cursor(create_time, order_id)
+
+
+@contextmanager
+def _redis_required() -> Iterator[None]:
+    """Turns a Redis outage into UNAVAILABLE: without claims and leases no saga may start."""
+    try:
+        yield
+    except redis.RedisError as error:
+        raise Unavailable(f"redis unavailable ({type(error).__name__})") from None

@@ -1,0 +1,230 @@
+"""The saga orchestrator: Reserve -> Charge -> Commit, compensating what was done on failure.
+
+Each step is one method that makes its call(s) and reports a :class:`domain.StepResult`;
+:func:`domain.advance` decides where that leads, and the new position is saved before
+the next step runs. Written against the small ports below, not against grpc.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from meshkit.errors import FieldViolation, InvalidArgument
+from order_service import domain
+from order_service.domain import Line, Money, Order, Outcome, Status, Step, StepResult
+
+_log = logging.getLogger(__name__)
+
+
+class RemoteError(Exception):
+    """A call to another service failed with a gRPC status."""
+
+    def __init__(
+        self, code: str, message: str, violations: tuple[FieldViolation, ...] = ()
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.violations = violations
+
+    @property
+    def definite(self) -> bool:
+        """True when the callee certainly did nothing; otherwise the outcome is unknown."""
+        return domain.is_definite(self.code)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reservation:
+    reservation_id: str
+    state: str  # RESERVED | COMMITTED | RELEASED
+    total: Money | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Payment:
+    payment_id: str
+    state: str  # CAPTURED | DECLINED | REFUNDED | VOIDED
+    decline_reason: str = ""
+
+
+class Inventory(Protocol):
+    def reserve(self, order_id: str, lines: Sequence[Line]) -> Reservation: ...
+    def commit(self, reservation_id: str) -> Reservation: ...
+    def release(self, reservation_id: str) -> Reservation: ...
+
+
+class Payments(Protocol):
+    def charge(
+        self, *, order_id: str, customer_id: str, amount: Money, request_id: str
+    ) -> Payment: ...
+    def void_charge(self, *, charge_request_id: str, order_id: str) -> Payment: ...
+    def refund(self, *, payment_id: str, request_id: str) -> Payment: ...
+
+
+class Store(Protocol):
+    def save(self, order: Order) -> Order: ...
+
+
+class Lease(Protocol):
+    def extend(self) -> bool: ...
+
+
+class Saga:
+    """Drives one order from its persisted step until it is CONFIRMED, FAILED or stuck."""
+
+    def __init__(self, store: Store, inventory: Inventory, payments: Payments) -> None:
+        self._store = store
+        self._inventory = inventory
+        self._payments = payments
+        self._steps: dict[Step, Callable[[Order], StepResult]] = {
+            Step.RESERVE: self._reserve,
+            Step.CHARGE: self._charge,
+            Step.COMMIT: self._commit,
+            Step.VOID_CHARGE: self._void_charge,
+            Step.RELEASE: self._release,
+            Step.REFUND: self._refund,
+        }
+
+    def run(self, order: Order, lease: Lease) -> Order:
+        """Runs steps while the order moves; returns it CONFIRMED, FAILED or still PENDING.
+
+        It stays PENDING when a step cannot make progress now (a compensation could not
+        reach its service) or the lease was lost; the recovery loop picks it up later.
+        Raises InvalidArgument when inventory rejects the lines (the caller undoes the order).
+        """
+        while order.status is Status.PENDING:
+            if not lease.extend():
+                _log.warning("%s: lease lost at %s", order.order_id, order.step)
+                return order
+            step = order.step
+            result = self._steps[step](order)
+            moved = domain.advance(order, result)
+            if moved != order:  # also keeps ids a stuck step learnt, e.g. a reservation_id
+                order = self._store.save(moved)
+            if moved.status is Status.PENDING and moved.step == step:
+                _log.warning("%s: stuck at %s: %s", order.order_id, step, result.reason)
+                return order
+            _log.info("%s: %s %s -> %s", order.order_id, step, result.outcome, order.step)
+        return order
+
+    # --- forward steps ---------------------------------------------------------------------
+
+    def _reserve(self, order: Order) -> StepResult:
+        try:
+            reservation = self._inventory.reserve(order.order_id, order.lines)
+        except RemoteError as error:
+            if error.code == "INVALID_ARGUMENT":
+                raise InvalidArgument(
+                    error.violations or (FieldViolation("lines", error.message),)
+                ) from None
+            if error.code == "FAILED_PRECONDITION":
+                return _failed(Outcome.DECLINED, domain.OUT_OF_STOCK, error.message)
+            return _error(
+                error, rejected=domain.INVENTORY_REJECTED, unknown=domain.INVENTORY_UNAVAILABLE
+            )
+        if reservation.state != "RESERVED":
+            # Only a compensation releases this order's reservation, and that never runs
+            # before RESERVE has finished; treat it as nothing held.
+            return _failed(
+                Outcome.REJECTED, domain.INVENTORY_REJECTED, f"reservation {reservation.state}"
+            )
+        return StepResult(
+            outcome=Outcome.OK,
+            reservation_id=reservation.reservation_id,
+            total=reservation.total,
+        )
+
+    def _charge(self, order: Order) -> StepResult:
+        if order.total is None:
+            raise ValueError(f"{order.order_id}: CHARGE without a total")
+        try:
+            payment = self._payments.charge(
+                order_id=order.order_id,
+                customer_id=order.customer_id,
+                amount=order.total,
+                request_id=order.charge_request_id,
+            )
+        except RemoteError as error:
+            return _error(
+                error, rejected=domain.PAYMENT_REJECTED, unknown=domain.PAYMENT_UNAVAILABLE
+            )
+        if payment.state == "CAPTURED":
+            return StepResult(outcome=Outcome.OK, payment_id=payment.payment_id)
+        if payment.state == "DECLINED":
+            return _failed(Outcome.DECLINED, domain.PAYMENT_DECLINED, payment.decline_reason)
+        # VOIDED/REFUNDED: an earlier run of this saga already gave up on this charge.
+        return _failed(Outcome.REJECTED, domain.PAYMENT_REJECTED, f"charge {payment.state}")
+
+    def _commit(self, order: Order) -> StepResult:
+        try:
+            self._inventory.commit(order.reservation_id)
+        except RemoteError as error:
+            _log.warning("%s: commit failed (%s); releasing instead", order.order_id, error)
+        else:
+            return StepResult(outcome=Outcome.OK)
+        # The commit may or may not have happened; Release settles which.
+        try:
+            reservation = self._inventory.release(order.reservation_id)
+        except RemoteError as error:
+            if error.code == "FAILED_PRECONDITION":  # "already committed": the commit did happen
+                return StepResult(outcome=Outcome.OK)
+            return StepResult(outcome=Outcome.UNKNOWN, reason=str(error))
+        if reservation.state == "COMMITTED":
+            return StepResult(outcome=Outcome.OK)
+        return StepResult(outcome=Outcome.DECLINED, reason=domain.INVENTORY_UNAVAILABLE_AT_COMMIT)
+
+    # --- compensations: any error leaves the order at its step for a later retry -------------
+
+    def _void_charge(self, order: Order) -> StepResult:
+        try:
+            self._payments.void_charge(
+                charge_request_id=order.charge_request_id, order_id=order.order_id
+            )
+        except RemoteError as error:
+            return StepResult(outcome=Outcome.UNKNOWN, reason=str(error))
+        return StepResult(outcome=Outcome.OK)
+
+    def _release(self, order: Order) -> StepResult:
+        reservation_id = order.reservation_id
+        if not reservation_id:
+            # Reserve's outcome was unknown: asking again (idempotent by order_id) returns the
+            # reservation if it exists, or makes one we then release at once.
+            try:
+                reservation_id = self._inventory.reserve(order.order_id, order.lines).reservation_id
+            except RemoteError as error:
+                if error.definite:  # out of stock or invalid: nothing is held for this order
+                    return StepResult(outcome=Outcome.OK)
+                return StepResult(outcome=Outcome.UNKNOWN, reason=str(error))
+        try:
+            self._inventory.release(reservation_id)
+        except RemoteError as error:
+            return StepResult(
+                outcome=error_outcome(error), reason=str(error), reservation_id=reservation_id
+            )
+        return StepResult(outcome=Outcome.OK, reservation_id=reservation_id)
+
+    def _refund(self, order: Order) -> StepResult:
+        try:
+            self._payments.refund(payment_id=order.payment_id, request_id=order.refund_request_id)
+        except RemoteError as error:
+            if error.code == "FAILED_PRECONDITION":  # not captured: there is nothing to give back
+                return StepResult(outcome=Outcome.OK)
+            return StepResult(outcome=Outcome.UNKNOWN, reason=str(error))
+        return StepResult(outcome=Outcome.OK)
+
+
+def error_outcome(error: RemoteError) -> Outcome:
+    return Outcome.REJECTED if error.definite else Outcome.UNKNOWN
+
+
+def _failed(outcome: Outcome, kind: str, detail: str) -> StepResult:
+    return StepResult(outcome=outcome, reason=domain.reason(kind, detail))
+
+
+def _error(error: RemoteError, *, rejected: str, unknown: str) -> StepResult:
+    if error.definite:
+        return _failed(Outcome.REJECTED, rejected, f"{error.code}: {error.message}")
+    return _failed(Outcome.UNKNOWN, unknown, error.code)

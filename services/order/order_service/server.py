@@ -1,0 +1,100 @@
+"""Wires the order service together and serves it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+import redis
+
+from mesh.order.v1 import order_pb2, order_pb2_grpc
+from meshkit.redis_client import connect
+from meshkit.server import RunningServer, ServerOptions, build_server
+from meshkit.sqlite import Database
+from order_service.clients import GrpcInventory, GrpcPayments, open_channel
+from order_service.config import Settings
+from order_service.orders import Orders
+from order_service.recovery import Recovery
+from order_service.saga import Saga
+from order_service.servicer import OrderServicer
+from order_service.store import SCHEMA, Claims, Leases, OrderStore
+
+SERVICE_NAME = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
+
+
+@dataclass(slots=True, kw_only=True)
+class OrderApp:
+    """Everything the service is made of, without the gRPC server (tests drive parts directly)."""
+
+    settings: Settings
+    db: Database
+    redis: redis.Redis
+    channels: tuple[grpc.Channel, ...]
+    store: OrderStore
+    claims: Claims
+    leases: Leases
+    saga: Saga
+    orders: Orders
+    recovery: Recovery
+
+    def ping_redis(self) -> None:
+        self.redis.ping()
+
+    def close(self) -> None:
+        self.recovery.stop()
+        for channel in self.channels:
+            channel.close()
+        self.redis.close()
+
+
+def build_app(settings: Settings) -> OrderApp:
+    db = Database(settings.db_path, SCHEMA)
+    client = connect(settings.redis_url)
+    inventory_channel = open_channel(settings.inventory_target)
+    payment_channel = open_channel(settings.payment_target)
+    store = OrderStore(db)
+    claims = Claims(client)
+    leases = Leases(client, settings.lock_lease_ms)
+    saga = Saga(
+        store,
+        GrpcInventory(inventory_channel, settings.call_timeout_s),
+        GrpcPayments(payment_channel, settings.call_timeout_s),
+    )
+    return OrderApp(
+        settings=settings,
+        db=db,
+        redis=client,
+        channels=(inventory_channel, payment_channel),
+        store=store,
+        claims=claims,
+        leases=leases,
+        saga=saga,
+        orders=Orders(store, claims, leases, saga),
+        recovery=Recovery(
+            store,
+            leases,
+            saga,
+            interval_s=settings.recovery_interval_s,
+            age_s=settings.recovery_age_s,
+        ),
+    )
+
+
+def serve(settings: Settings) -> RunningServer:
+    """Starts the server and the recovery loop; ``RunningServer.stop()`` stops both."""
+    app = build_app(settings)
+    servicer = OrderServicer(app.orders, settings.duplicate_wait_s)
+    running = build_server(
+        ServerOptions(
+            host=settings.host,
+            port=settings.port,
+            metrics_port=settings.metrics_port,
+            max_workers=settings.max_workers,
+        ),
+        service_names=[SERVICE_NAME],
+        registrations=[lambda s: order_pb2_grpc.add_OrderServiceServicer_to_server(servicer, s)],
+        checks={"sqlite": app.db.ping, "redis": app.ping_redis},
+    )
+    app.recovery.start()
+    running.on_stop.append(app.close)
+    return running
