@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import pybreaker
+import pytest
+
+from resilience import (
+    Breaker,
+    BreakerOpen,
+    BreakerOptions,
+    ConsecutiveFailures,
+    FailureRate,
+    PolicyError,
+)
+from resilience.testing import FakeClock
+
+
+def make(clock: FakeClock, changes: list[tuple[str, str]] | None = None, **kwargs: object) -> Breaker:
+    options = BreakerOptions(**kwargs)  # type: ignore[arg-type]
+    on_change = (lambda old, new: changes.append((old, new))) if changes is not None else None
+    return Breaker(options, name="inventory:50051", clock=clock, on_state_change=on_change)
+
+
+def fail(breaker: Breaker, n: int = 1) -> None:
+    for _ in range(n):
+        probe = breaker.acquire()
+        breaker.record(probe, True)
+
+
+def succeed(breaker: Breaker, n: int = 1) -> None:
+    for _ in range(n):
+        probe = breaker.acquire()
+        breaker.record(probe, False)
+
+
+def test_is_a_pybreaker_state_machine() -> None:
+    breaker = make(FakeClock())
+    assert isinstance(breaker, pybreaker.CircuitBreaker)
+    assert isinstance(breaker.state, pybreaker.CircuitClosedState)
+
+
+def test_consecutive_failures_open_it_and_a_success_resets_the_count() -> None:
+    clock = FakeClock()
+    changes: list[tuple[str, str]] = []
+    breaker = make(clock, changes, trip=ConsecutiveFailures(threshold=3))
+    fail(breaker, 2)
+    succeed(breaker)
+    fail(breaker, 2)
+    assert breaker.state_name == "closed"
+    fail(breaker)
+    assert breaker.state_name == "open"
+    assert changes == [("closed", "open")]
+
+
+def test_open_fails_fast_naming_target_and_probe_time() -> None:
+    clock = FakeClock()
+    breaker = make(clock, trip=ConsecutiveFailures(threshold=1), reset_timeout=5)
+    fail(breaker)
+    clock.advance(2)
+    with pytest.raises(BreakerOpen) as err:
+        breaker.acquire()
+    assert err.value.code == "UNAVAILABLE"
+    assert "inventory:50051" in err.value.details
+    assert "will probe again in 3.000s" in err.value.details
+    assert err.value.probe_in == pytest.approx(3)
+
+
+def test_half_open_admits_a_bounded_number_of_probes() -> None:
+    clock = FakeClock()
+    changes: list[tuple[str, str]] = []
+    breaker = make(clock, changes, trip=ConsecutiveFailures(threshold=1), reset_timeout=1, half_open_max_calls=2)
+    fail(breaker)
+    clock.advance(1)
+    assert breaker.acquire() is True
+    assert breaker.acquire() is True
+    with pytest.raises(BreakerOpen, match="half-open"):
+        breaker.acquire()
+    assert breaker.state_name == "half-open"
+    breaker.record(True, None)  # a cancelled probe gives its slot back without a verdict
+    assert breaker.acquire() is True
+    assert changes == [("closed", "open"), ("open", "half-open")]
+
+
+def test_a_successful_probe_closes_it() -> None:
+    clock = FakeClock()
+    changes: list[tuple[str, str]] = []
+    breaker = make(clock, changes, trip=ConsecutiveFailures(threshold=1), reset_timeout=1)
+    fail(breaker)
+    clock.advance(1)
+    succeed(breaker)
+    assert breaker.state_name == "closed"
+    assert changes == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
+    assert breaker.acquire() is False
+
+
+def test_a_failed_probe_reopens_it_for_another_reset_timeout() -> None:
+    clock = FakeClock()
+    breaker = make(clock, trip=ConsecutiveFailures(threshold=1), reset_timeout=1)
+    fail(breaker)
+    clock.advance(1)
+    fail(breaker)
+    assert breaker.state_name == "open"
+    assert breaker.probe_in() == pytest.approx(1)
+
+
+def test_success_threshold_needs_that_many_successful_probes() -> None:
+    clock = FakeClock()
+    breaker = make(clock, trip=ConsecutiveFailures(threshold=1), reset_timeout=1, success_threshold=2)
+    fail(breaker)
+    clock.advance(1)
+    succeed(breaker)
+    assert breaker.state_name == "half-open"
+    succeed(breaker)
+    assert breaker.state_name == "closed"
+
+
+def test_late_outcomes_of_calls_admitted_while_closed_do_not_decide_a_half_open_breaker() -> None:
+    clock = FakeClock()
+    breaker = make(clock, trip=ConsecutiveFailures(threshold=1), reset_timeout=1)
+    straggler = breaker.acquire()
+    fail(breaker)
+    clock.advance(1)
+    probe = breaker.acquire()
+    breaker.record(straggler, True)
+    assert breaker.state_name == "half-open"
+    breaker.record(probe, False)
+    assert breaker.state_name == "closed"
+
+
+def test_failure_rate_trips_only_after_minimum_calls() -> None:
+    clock = FakeClock()
+    breaker = make(clock, trip=FailureRate(threshold=0.5, window=10, minimum_calls=10))
+    for _ in range(4):
+        succeed(breaker)
+        fail(breaker)
+    assert breaker.state_name == "closed"  # 8 calls, 50% failing, below the minimum
+    succeed(breaker)
+    fail(breaker)  # 10 calls, 5 failures
+    assert breaker.state_name == "open"
+
+
+def test_failure_rate_forgets_calls_older_than_the_window() -> None:
+    clock = FakeClock()
+    breaker = make(clock, trip=FailureRate(threshold=0.5, window=10, minimum_calls=4))
+    fail(breaker, 3)  # 3 failures of 3 calls: below the minimum
+    clock.advance(11)
+    succeed(breaker, 3)
+    fail(breaker)  # the old failures are gone: 1 of 4
+    assert breaker.state_name == "closed"
+
+
+def test_failure_rate_below_threshold_stays_closed() -> None:
+    clock = FakeClock()
+    breaker = make(clock, trip=FailureRate(threshold=0.5, window=10, minimum_calls=5))
+    for _ in range(50):
+        succeed(breaker, 2)
+        fail(breaker)
+        clock.advance(0.3)
+    assert breaker.state_name == "closed"
+
+
+def test_trip_conditions_combine_with_or() -> None:
+    clock = FakeClock()
+    trip = ConsecutiveFailures(threshold=3) | FailureRate(threshold=0.9, window=10, minimum_calls=100)
+    breaker = make(clock, trip=trip)
+    fail(breaker, 3)
+    assert breaker.state_name == "open"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"reset_timeout": 0}, "resetTimeout"),
+        ({"half_open_max_calls": 0}, "halfOpenMaxCalls"),
+        ({"success_threshold": 0}, "successThreshold"),
+    ],
+)
+def test_bad_options_are_refused(kwargs: dict[str, float], field: str) -> None:
+    with pytest.raises(PolicyError, match=field):
+        BreakerOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_failure_rate_is_refused() -> None:
+    with pytest.raises(PolicyError, match=r"failureRate.threshold: must be in \(0, 1\]"):
+        FailureRate(threshold=1.5, window=10, minimum_calls=1)
