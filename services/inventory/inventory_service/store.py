@@ -62,8 +62,10 @@ CREATE TABLE IF NOT EXISTS reservation_lines (
 """
 
 _SELECT_RESERVATION = {
-    key: f"SELECT reservation_id, order_id, state FROM reservations WHERE {key} = ?"  # noqa: S608  two literal column names
-    for key in ("order_id", "reservation_id")
+    "order_id": "SELECT reservation_id, order_id, state FROM reservations WHERE order_id = ?",
+    "reservation_id": (
+        "SELECT reservation_id, order_id, state FROM reservations WHERE reservation_id = ?"
+    ),
 }
 
 CACHE_NAMESPACE = "inventory:cache"
