@@ -1,0 +1,54 @@
+"""Settings from the environment: defaults, overrides, and errors naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshkit.settings import SettingsError
+from order_service.config import Settings
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+    assert (settings.port, settings.metrics_port, settings.host) == (50051, 9101, "127.0.0.1")
+    assert settings.inventory_target == settings.payment_target == "127.0.0.1:8080"
+    assert settings.call_timeout_s == 2.0
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.db_path == Path("var/data").resolve() / "order.db"
+
+
+def test_overrides(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "ORDER_PORT": "6000",
+            "DATA_DIR": str(tmp_path),
+            "INVENTORY_TARGET": "127.0.0.1:1",
+            "PAYMENT_TARGET": "127.0.0.1:2",
+            "ORDER_CALL_TIMEOUT_MS": "500",
+            "ORDER_RECOVERY_INTERVAL_S": "1.5",
+            "ORDER_RECOVERY_AGE_S": "0",
+        }
+    )
+    assert settings.port == 6000
+    assert settings.db_path == tmp_path / "order.db"
+    assert (settings.inventory_target, settings.payment_target) == ("127.0.0.1:1", "127.0.0.1:2")
+    assert settings.call_timeout_s == 0.5
+    assert (settings.recovery_interval_s, settings.recovery_age_s) == (1.5, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"ORDER_PORT": "70000"}, "ORDER_PORT"),
+        ({"ORDER_CALL_TIMEOUT_MS": "0"}, "ORDER_CALL_TIMEOUT_MS"),
+        ({"ORDER_RECOVERY_INTERVAL_S": "soon"}, "ORDER_RECOVERY_INTERVAL_S"),
+        ({"REDIS_URL": "http://x"}, "REDIS_URL"),
+        ({"PAYMENT_TARGET": "nowhere"}, "PAYMENT_TARGET"),
+        ({"ORDER_LOCK_LEASE_MS": "2000"}, "ORDER_LOCK_LEASE_MS"),
+    ],
+)
+def test_bad_values_stop_start_up_naming_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)

@@ -1,0 +1,146 @@
+"""The pure rules: validation, fingerprint, and the saga's state table."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshkit.errors import InvalidArgument
+from order_service import domain
+from order_service.domain import (
+    Line,
+    Money,
+    Order,
+    Outcome,
+    Status,
+    Step,
+    StepResult,
+    advance,
+    validate_create,
+)
+
+
+def test_valid_request_becomes_a_new_order() -> None:
+    new = validate_create("cust-1", [("SKU-0001", 2), ("SKU-0002", 1)], "req-1")
+    assert new.lines == (Line("SKU-0001", 2), Line("SKU-0002", 1))
+    assert new.customer_id == "cust-1"
+    assert new.request_id == "req-1"
+
+
+def test_every_violation_is_collected() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        validate_create(
+            "bad customer!",
+            [("SKU-0001", 0), ("sku lower", 1), ("SKU-0001", 1001)],
+            "",
+        )
+    fields = {v.field for v in caught.value.violations}
+    assert fields == {
+        "customer_id",
+        "request_id",
+        "lines[0].quantity",
+        "lines[1].sku",
+        "lines[2].sku",  # duplicates lines[0]
+        "lines[2].quantity",
+    }
+
+
+@pytest.mark.parametrize("count", [0, domain.MAX_LINES + 1])
+def test_line_count_is_bounded(count: int) -> None:
+    lines = [(f"SKU-{i:04d}", 1) for i in range(count)]
+    with pytest.raises(InvalidArgument) as caught:
+        validate_create("c", lines, "r")
+    assert [v.field for v in caught.value.violations] == ["lines"]
+
+
+def test_fingerprint_ignores_line_order_but_not_content() -> None:
+    a = domain.fingerprint("c", [Line("SKU-0001", 1), Line("SKU-0002", 2)])
+    b = domain.fingerprint("c", [Line("SKU-0002", 2), Line("SKU-0001", 1)])
+    assert a == b
+    assert a != domain.fingerprint("c", [Line("SKU-0001", 1), Line("SKU-0002", 3)])
+    assert a != domain.fingerprint("d", [Line("SKU-0001", 1), Line("SKU-0002", 2)])
+
+
+def _order(step: Step = Step.RESERVE) -> Order:
+    return Order(
+        order_id="ord_" + "0" * 32,
+        request_id="r",
+        fingerprint="f",
+        customer_id="c",
+        lines=(Line("SKU-0001", 1),),
+        step=step,
+    )
+
+
+def test_happy_path_walks_reserve_charge_commit() -> None:
+    total = Money("USD", 2899)
+    order = advance(_order(), StepResult(outcome=Outcome.OK, reservation_id="res_1", total=total))
+    assert (order.step, order.reservation_id, order.total) == (Step.CHARGE, "res_1", total)
+    order = advance(order, StepResult(outcome=Outcome.OK, payment_id="pay_1"))
+    assert (order.step, order.payment_id) == (Step.COMMIT, "pay_1")
+    order = advance(order, StepResult(outcome=Outcome.OK))
+    assert (order.status, order.step, order.failure_reason) == (Status.CONFIRMED, Step.DONE, "")
+
+
+@pytest.mark.parametrize(
+    ("step", "outcome", "target"),
+    [
+        (Step.RESERVE, Outcome.DECLINED, Status.FAILED),
+        (Step.RESERVE, Outcome.REJECTED, Status.FAILED),
+        (Step.RESERVE, Outcome.UNKNOWN, Step.RELEASE),
+        (Step.CHARGE, Outcome.DECLINED, Step.RELEASE),
+        (Step.CHARGE, Outcome.REJECTED, Step.RELEASE),
+        (Step.CHARGE, Outcome.UNKNOWN, Step.VOID_CHARGE),
+        (Step.COMMIT, Outcome.DECLINED, Step.REFUND),
+        (Step.COMMIT, Outcome.UNKNOWN, Step.COMMIT),
+        (Step.VOID_CHARGE, Outcome.OK, Step.RELEASE),
+        (Step.VOID_CHARGE, Outcome.UNKNOWN, Step.VOID_CHARGE),
+        (Step.RELEASE, Outcome.OK, Status.FAILED),
+        (Step.RELEASE, Outcome.UNKNOWN, Step.RELEASE),
+        (Step.REFUND, Outcome.OK, Status.FAILED),
+        (Step.REFUND, Outcome.REJECTED, Step.REFUND),
+    ],
+)
+def test_failures_lead_to_compensation_or_stay(
+    step: Step, outcome: Outcome, target: Step | Status
+) -> None:
+    order = advance(_order(step), StepResult(outcome=outcome, reason="why"))
+    if isinstance(target, Status):
+        assert (order.status, order.step) == (target, Step.DONE)
+    else:
+        assert (order.status, order.step) == (Status.PENDING, target)
+
+
+def test_first_failure_reason_survives_compensation() -> None:
+    order = advance(
+        _order(Step.CHARGE),
+        StepResult(outcome=Outcome.UNKNOWN, reason="payment unavailable: UNAVAILABLE"),
+    )
+    order = advance(order, StepResult(outcome=Outcome.UNKNOWN, reason="UNAVAILABLE: down"))
+    assert order.step is Step.VOID_CHARGE  # stuck, reason unchanged
+    order = advance(order, StepResult(outcome=Outcome.OK))
+    order = advance(order, StepResult(outcome=Outcome.OK))
+    assert order.status is Status.FAILED
+    assert order.failure_reason == "payment unavailable: UNAVAILABLE"
+
+
+def test_a_stuck_forward_step_records_no_reason() -> None:
+    order = advance(_order(Step.COMMIT), StepResult(outcome=Outcome.UNKNOWN, reason="down"))
+    assert (order.status, order.step, order.failure_reason) == (Status.PENDING, Step.COMMIT, "")
+
+
+def test_finished_orders_do_not_move() -> None:
+    done = domain.fail(_order(), "gone")
+    with pytest.raises(ValueError, match="not PENDING"):
+        advance(done, StepResult(outcome=Outcome.OK))
+
+
+def test_reason_does_not_repeat_its_kind() -> None:
+    assert domain.reason("out of stock", "out of stock: SKU-0001 (requested 5, available 2)") == (
+        "out of stock: SKU-0001 (requested 5, available 2)"
+    )
+    assert domain.reason("payment declined", "card refused") == "payment declined: card refused"
+    assert domain.reason("payment declined") == "payment declined"
+
+
+def test_only_compensations_are_compensating() -> None:
+    assert {s for s in Step if s.compensating} == {Step.VOID_CHARGE, Step.RELEASE, Step.REFUND}
