@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -78,12 +79,17 @@ class RunningServer:
     grace_s: float
     metrics_port: int | None = None
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    metrics_http: Any = None
 
     def stop(self) -> None:
         """Graceful stop: NOT_SERVING first so Envoy drains us, then finish in-flight calls."""
         self.probe.stop()
         self.health.enter_graceful_shutdown()
         self.server.stop(self.grace_s).wait()
+        if self.metrics_http is not None:
+            # Frees the port, so a server restarted in the same process can bind it again.
+            self.metrics_http.shutdown()
+            self.metrics_http.server_close()
         for hook in self.on_stop:
             hook()
 
@@ -121,9 +127,10 @@ def build_server(
     probe.start()
     server.start()
     metrics_port = None
+    metrics_http = None
     if options.metrics_port is not None:
-        http_server, _ = start_http_server(options.metrics_port, addr=options.host)
-        metrics_port = http_server.server_port
+        metrics_http, _ = start_http_server(options.metrics_port, addr=options.host)
+        metrics_port = metrics_http.server_port
     _log.info("serving %s on %s:%d", ", ".join(service_names), options.host, port)
     return RunningServer(
         server=server,
@@ -132,6 +139,7 @@ def build_server(
         probe=probe,
         grace_s=options.grace_s,
         metrics_port=metrics_port,
+        metrics_http=metrics_http,
     )
 
 

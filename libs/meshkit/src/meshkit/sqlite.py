@@ -23,6 +23,8 @@ class Database:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
         # executescript manages its own transaction; schemas use IF NOT EXISTS so every
         # process (payment v1 and v2 share a file) can run it at start-up.
         self._connect().executescript(schema)
@@ -30,8 +32,9 @@ class Database:
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves.
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves. Each connection is used only
+            # by the thread that made it; check_same_thread=False only lets close() reach them.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode=WAL")
@@ -40,6 +43,8 @@ class Database:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
         return conn
 
     @contextmanager
@@ -67,6 +72,14 @@ class Database:
             yield conn
         finally:
             conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Closes every thread's connection (call after the server has stopped)."""
+        with self._all_lock:
+            connections, self._all = self._all, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
 
     def ping(self) -> None:
         """Health check: the file is reachable and answers a query."""
