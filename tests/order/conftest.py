@@ -153,7 +153,8 @@ def start_payments(data_dir: Path) -> Iterator[StartPayments]:
     started: list[Payments] = []
 
     def start(**overrides: Any) -> Payments:
-        settings = PaymentSettings(port=0, metrics_port=None, data_dir=data_dir, **overrides)
+        options: dict[str, Any] = {"port": 0, "metrics_port": None, "data_dir": data_dir}
+        settings = PaymentSettings(**{**options, **overrides})
         running = serve_payment(settings)
         channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
         payments = Payments(

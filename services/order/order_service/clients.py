@@ -20,10 +20,12 @@ from meshkit.errors import FieldViolation
 from order_service.domain import Line, Money
 from order_service.saga import Payment, RemoteError, Reservation
 
-#: Waits for the transport but not forever; keepalive notices a dead Envoy between calls.
+#: Keepalive notices a dead peer between calls; a short reconnect backoff (default max 120 s)
+#: lets the recovery loop get through soon after a restarted Envoy or service is back.
 CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
 )
 
 

@@ -1,0 +1,141 @@
+"""The saga end to end through CreateOrder, against real inventory and payment servers."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from mesh.order.v1 import order_pb2
+from mesh.payment.v1 import payment_pb2
+from meshkit.testing import free_port, wait_until
+
+from .conftest import SEED_STOCK, Inventory, Order, Payments, StartOrder, StartPayments, violations
+
+PENDING = order_pb2.ORDER_STATUS_PENDING
+CONFIRMED = order_pb2.ORDER_STATUS_CONFIRMED
+FAILED = order_pb2.ORDER_STATUS_FAILED
+
+
+def test_happy_path_confirms_with_stock_and_money_moved_once(
+    order: Order, inventory: Inventory, payments: Payments
+) -> None:
+    placed = order.create("cust-1", ("SKU-0001", 2), ("SKU-0003", 1), request_id="happy-1")
+
+    assert placed.status == CONFIRMED
+    assert placed.failure_reason == ""
+    assert placed.total.currency_code == "USD"
+    assert placed.total.amount_minor == 2 * 2899 + 1299
+    assert placed.reservation_id
+    assert placed.payment_id
+    assert placed.request_id == "happy-1"
+    assert placed.create_time.ToMicroseconds() <= placed.update_time.ToMicroseconds()
+    assert [(ln.sku, ln.quantity) for ln in placed.lines] == [("SKU-0001", 2), ("SKU-0003", 1)]
+    assert inventory.available("SKU-0001") == SEED_STOCK - 2
+    assert inventory.available("SKU-0003") == SEED_STOCK - 1
+    assert payments.states(placed.order_id) == ["CAPTURED"]
+    payment = payments.stub.GetPayment(
+        payment_pb2.GetPaymentRequest(payment_id=placed.payment_id), timeout=5
+    )
+    assert payment.amount.amount_minor == placed.total.amount_minor
+    assert order.get(placed.order_id) == placed
+
+
+def test_declined_customer_fails_with_stock_back_and_no_money_moved(
+    order: Order, inventory: Inventory, payments: Payments
+) -> None:
+    placed = order.create("decline-bob", ("SKU-0002", 3), request_id="decline-1")
+
+    assert placed.status == FAILED
+    assert placed.failure_reason.startswith("payment declined: ")
+    assert placed.payment_id == ""
+    assert inventory.available("SKU-0002") == SEED_STOCK
+    assert payments.states(placed.order_id) == ["DECLINED"]
+
+
+def test_payment_failing_compensates_with_void_and_release(
+    start_order: StartOrder, inventory: Inventory, start_payments: StartPayments
+) -> None:
+    sick = start_payments(fault_rate=1.0)
+    order = start_order(PAYMENT_TARGET=sick.target)
+
+    placed = order.create("cust-1", ("SKU-0004", 1), request_id="sick-1")
+
+    assert placed.status == FAILED
+    assert placed.failure_reason == "payment unavailable: UNAVAILABLE"
+    assert inventory.available("SKU-0004") == SEED_STOCK
+    # VoidCharge left a tombstone: a late Charge with the saga's request_id captures nothing.
+    assert sick.states(placed.order_id) == ["VOIDED"]
+
+
+def test_payment_rejecting_definitely_releases_without_a_void(
+    start_order: StartOrder, inventory: Inventory, start_payments: StartPayments
+) -> None:
+    strict = start_payments(fault_rate=1.0, fault_code=grpc.StatusCode.FAILED_PRECONDITION)
+    order = start_order(PAYMENT_TARGET=strict.target)
+
+    placed = order.create("cust-1", ("SKU-0004", 1), request_id="strict-1")
+
+    assert placed.status == FAILED
+    assert placed.failure_reason.startswith("payment rejected: FAILED_PRECONDITION")
+    assert inventory.available("SKU-0004") == SEED_STOCK
+    assert strict.states(placed.order_id) == []
+
+
+def test_out_of_stock_fails_and_holds_nothing(
+    order: Order, inventory: Inventory, payments: Payments
+) -> None:
+    placed = order.create(
+        "cust-1", ("SKU-0005", 1), ("SKU-0006", SEED_STOCK + 1), request_id="oos-1"
+    )
+
+    assert placed.status == FAILED
+    assert placed.failure_reason.startswith("out of stock: ")
+    assert "SKU-0006" in placed.failure_reason
+    assert not placed.failure_reason.startswith("out of stock: out of stock")
+    assert inventory.available("SKU-0005") == SEED_STOCK
+    assert payments.states(placed.order_id) == []
+
+
+def test_unknown_sku_is_invalid_argument_and_leaves_nothing_behind(
+    order: Order, inventory: Inventory
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        order.create("cust-1", ("SKU-0001", 1), ("SKU-9999", 1), request_id="unknown-1")
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "lines[1].sku" in violations(caught.value)
+    listed = order.stub.ListOrders(order_pb2.ListOrdersRequest(), timeout=5)
+    assert list(listed.orders) == []
+    assert inventory.available("SKU-0001") == SEED_STOCK
+    # The claim was withdrawn too: the request_id is free for a corrected order.
+    fixed = order.create("cust-1", ("SKU-0001", 1), request_id="unknown-1")
+    assert fixed.status == CONFIRMED
+
+
+def test_unreachable_payment_leaves_the_order_compensating_for_recovery(
+    start_order: StartOrder, inventory: Inventory, start_payments: StartPayments
+) -> None:
+    port = free_port()  # nothing listens here yet
+    order = start_order(PAYMENT_TARGET=f"127.0.0.1:{port}", ORDER_CALL_TIMEOUT_MS="500")
+
+    placed = order.create("cust-1", ("SKU-0007", 1), request_id="dark-1")
+
+    # Charge's outcome is unknown and VoidCharge cannot reach payment either: the stock
+    # stays held and the order PENDING until a compensation gets through.
+    assert placed.status == PENDING
+    assert inventory.available("SKU-0007") == SEED_STOCK - 1
+
+    payments = start_payments(port=port)
+    # A restarted order service finishes it: its start-up pass, or the next ones (this process
+    # shares grpc's subchannels, which may still be backing off from the refused connection).
+    restarted = start_order(PAYMENT_TARGET=payments.target, ORDER_RECOVERY_INTERVAL_S="0.2")
+    wait_until(
+        lambda: restarted.get(placed.order_id).status != PENDING,
+        timeout_s=10,
+        what="recovery of the compensating order",
+    )
+    finished = restarted.get(placed.order_id)
+    assert finished.status == FAILED
+    assert finished.failure_reason.startswith("payment unavailable: ")
+    assert inventory.available("SKU-0007") == SEED_STOCK
+    assert payments.states(placed.order_id) == ["VOIDED"]
