@@ -14,7 +14,9 @@ from resilience import (
 from resilience.testing import FakeClock
 
 
-def make(clock: FakeClock, changes: list[tuple[str, str]] | None = None, **kwargs: object) -> Breaker:
+def make(
+    clock: FakeClock, changes: list[tuple[str, str]] | None = None, **kwargs: object
+) -> Breaker:
     options = BreakerOptions(**kwargs)  # type: ignore[arg-type]
     on_change = (lambda old, new: changes.append((old, new))) if changes is not None else None
     return Breaker(options, name="inventory:50051", clock=clock, on_state_change=on_change)
@@ -67,7 +69,13 @@ def test_open_fails_fast_naming_target_and_probe_time() -> None:
 def test_half_open_admits_a_bounded_number_of_probes() -> None:
     clock = FakeClock()
     changes: list[tuple[str, str]] = []
-    breaker = make(clock, changes, trip=ConsecutiveFailures(threshold=1), reset_timeout=1, half_open_max_calls=2)
+    breaker = make(
+        clock,
+        changes,
+        trip=ConsecutiveFailures(threshold=1),
+        reset_timeout=1,
+        half_open_max_calls=2,
+    )
     fail(breaker)
     clock.advance(1)
     assert breaker.acquire() is True
@@ -104,7 +112,9 @@ def test_a_failed_probe_reopens_it_for_another_reset_timeout() -> None:
 
 def test_success_threshold_needs_that_many_successful_probes() -> None:
     clock = FakeClock()
-    breaker = make(clock, trip=ConsecutiveFailures(threshold=1), reset_timeout=1, success_threshold=2)
+    breaker = make(
+        clock, trip=ConsecutiveFailures(threshold=1), reset_timeout=1, success_threshold=2
+    )
     fail(breaker)
     clock.advance(1)
     succeed(breaker)
@@ -160,7 +170,9 @@ def test_failure_rate_below_threshold_stays_closed() -> None:
 
 def test_trip_conditions_combine_with_or() -> None:
     clock = FakeClock()
-    trip = ConsecutiveFailures(threshold=3) | FailureRate(threshold=0.9, window=10, minimum_calls=100)
+    trip = ConsecutiveFailures(threshold=3) | FailureRate(
+        threshold=0.9, window=10, minimum_calls=100
+    )
     breaker = make(clock, trip=trip)
     fail(breaker, 3)
     assert breaker.state_name == "open"

@@ -50,7 +50,9 @@ def test_tokens_stay_within_zero_and_max(outcomes: list[bool]) -> None:
         assert budget.allows_retry() == (budget.tokens > 3.5)
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [({"max_tokens": 0}, "maxTokens"), ({"token_ratio": 2}, "tokenRatio")])
+@pytest.mark.parametrize(
+    ("kwargs", "field"), [({"max_tokens": 0}, "maxTokens"), ({"token_ratio": 2}, "tokenRatio")]
+)
 def test_bad_throttle_is_refused(kwargs: dict[str, float], field: str) -> None:
     with pytest.raises(PolicyError, match=field):
         ThrottleOptions(**kwargs)

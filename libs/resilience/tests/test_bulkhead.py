@@ -16,5 +16,7 @@ def test_rejects_over_the_limit_and_frees_on_release() -> None:
 
 
 def test_limit_must_be_positive() -> None:
-    with pytest.raises(PolicyError, match=r"maxConcurrentCalls: must be an integer in \[1, 100000\], got 0"):
+    with pytest.raises(
+        PolicyError, match=r"maxConcurrentCalls: must be an integer in \[1, 100000\], got 0"
+    ):
         BulkheadOptions(max_concurrent_calls=0)

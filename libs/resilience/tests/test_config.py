@@ -31,7 +31,10 @@ methodConfig:
   - name: [{service: mesh.payment.v1.PaymentService}]
     timeout: 3s
   - name: [{service: mesh.payment.v1.PaymentService, method: Charge}]
-    retryPolicy: {maxAttempts: 2, retryableStatusCodes: [UNAVAILABLE, RESOURCE_EXHAUSTED], perAttemptRecvTimeout: 500ms}
+    retryPolicy:
+      maxAttempts: 2
+      retryableStatusCodes: [UNAVAILABLE, RESOURCE_EXHAUSTED]
+      perAttemptRecvTimeout: 500ms
 retryThrottling: {maxTokens: 20, tokenRatio: 0.2}
 circuitBreaker:
   consecutiveFailures: 4
@@ -62,11 +65,15 @@ def test_yaml_with_per_method_overrides(tmp_path: Path) -> None:
     assert charge.retry.retryable_codes == {"UNAVAILABLE", "RESOURCE_EXHAUSTED"}
     assert charge.retry.per_attempt_timeout == 0.5
     assert policy.for_method("/other.Svc/Get").timeout == 2
-    assert policy.throttle is not None and policy.throttle.max_tokens == 20
-    assert policy.bulkhead is not None and policy.bulkhead.max_concurrent_calls == 32
-    assert policy.breaker is not None and policy.breaker.half_open_max_calls == 2
+    assert policy.throttle is not None
+    assert policy.throttle.max_tokens == 20
+    assert policy.bulkhead is not None
+    assert policy.bulkhead.max_concurrent_calls == 32
+    assert policy.breaker is not None
+    assert policy.breaker.half_open_max_calls == 2
     assert policy.breaker.trip == AnyOf(
-        first=ConsecutiveFailures(threshold=4), second=FailureRate(threshold=0.5, window=10, minimum_calls=20)
+        first=ConsecutiveFailures(threshold=4),
+        second=FailureRate(threshold=0.5, window=10, minimum_calls=20),
     )
     assert policy.deadline_margin == pytest.approx(0.01)
 
@@ -74,20 +81,27 @@ def test_yaml_with_per_method_overrides(tmp_path: Path) -> None:
 def test_idempotency_comes_from_the_descriptors() -> None:
     policy = build_policy({}, env={}, descriptors=[PAYMENT])
     assert policy.idempotency_of("/mesh.payment.v1.PaymentService/Charge") == Idempotency.IDEMPOTENT
-    assert policy.idempotency_of("/mesh.payment.v1.PaymentService/GetPayment") == Idempotency.NO_SIDE_EFFECTS
+    assert (
+        policy.idempotency_of("/mesh.payment.v1.PaymentService/GetPayment")
+        == Idempotency.NO_SIDE_EFFECTS
+    )
     assert policy.idempotency_of("/other.Svc/Do") == Idempotency.UNKNOWN
 
 
 def test_json_file_and_null_turns_a_policy_off(tmp_path: Path) -> None:
     doc = {"circuitBreaker": None, "bulkhead": None, "retryThrottling": None}
     policy = load_policy(write(tmp_path, json.dumps(doc), "p.json"), env={})
-    assert policy.breaker is None and policy.bulkhead is None and policy.throttle is None
+    assert policy.breaker is None
+    assert policy.bulkhead is None
+    assert policy.throttle is None
 
 
 def test_no_file_gives_defaults_with_every_policy_on() -> None:
     policy = load_policy(None, env={})
     assert policy.default.timeout == 5
-    assert policy.breaker is not None and policy.bulkhead is not None and policy.throttle is not None
+    assert policy.breaker is not None
+    assert policy.bulkhead is not None
+    assert policy.throttle is not None
 
 
 def test_env_overrides_and_policy_file_from_env(tmp_path: Path) -> None:
@@ -102,8 +116,10 @@ def test_env_overrides_and_policy_file_from_env(tmp_path: Path) -> None:
     policy = load_policy(None, env=env)
     assert policy.default.timeout == 1.5
     assert policy.default.retry.max_attempts == 4
-    assert policy.bulkhead is not None and policy.bulkhead.max_concurrent_calls == 8
-    assert policy.breaker is not None and policy.breaker.reset_timeout == 0.25
+    assert policy.bulkhead is not None
+    assert policy.bulkhead.max_concurrent_calls == 8
+    assert policy.breaker is not None
+    assert policy.breaker.reset_timeout == 0.25
 
 
 def test_env_override_creates_a_retry_policy_when_there_is_none() -> None:
@@ -117,7 +133,8 @@ def test_env_override_creates_a_retry_policy_when_there_is_none() -> None:
     [
         (
             {"methodConfig": [{"name": [{}], "retryPolicy": {"maxAttempts": 9}}]},
-            r"methodConfig\[default\].retryPolicy.maxAttempts: must be an integer in \[1, 5\], got 9",
+            r"methodConfig\[default\].retryPolicy.maxAttempts: "
+            r"must be an integer in \[1, 5\], got 9",
         ),
         (
             {"methodConfig": [{"name": [{}], "timeout": "-1s"}]},
@@ -128,22 +145,46 @@ def test_env_override_creates_a_retry_policy_when_there_is_none() -> None:
             r"methodConfig\[0\].timeout: must be a duration",
         ),
         (
-            {"methodConfig": [{"name": [{}], "retryPolicy": {"retryableStatusCodes": ["INVALID_ARGUMENT"]}}]},
+            {
+                "methodConfig": [
+                    {"name": [{}], "retryPolicy": {"retryableStatusCodes": ["INVALID_ARGUMENT"]}}
+                ]
+            },
             r"retryPolicy.retryableStatusCodes: must be codes other than .*got 'INVALID_ARGUMENT'",
         ),
         (
-            {"methodConfig": [{"name": [{}], "retryPolicy": {"retryableStatusCodes": ["SOMETIMES"]}}]},
+            {
+                "methodConfig": [
+                    {"name": [{}], "retryPolicy": {"retryableStatusCodes": ["SOMETIMES"]}}
+                ]
+            },
             r"retryableStatusCodes: must be gRPC status code names, got 'SOMETIMES'",
         ),
-        ({"retryThrottling": {"tokenRatio": 5}}, r"retryThrottling.tokenRatio: must be in \(0, 1\], got 5.0"),
-        ({"circuitBreaker": {"halfOpenMaxCalls": 0}}, r"circuitBreaker.halfOpenMaxCalls: must be an integer"),
         (
-            {"circuitBreaker": {"failureRate": {"threshold": 2, "window": "1s", "minimumCalls": 1}}},
+            {"retryThrottling": {"tokenRatio": 5}},
+            r"retryThrottling.tokenRatio: must be in \(0, 1\], got 5.0",
+        ),
+        (
+            {"circuitBreaker": {"halfOpenMaxCalls": 0}},
+            r"circuitBreaker.halfOpenMaxCalls: must be an integer",
+        ),
+        (
+            {
+                "circuitBreaker": {
+                    "failureRate": {"threshold": 2, "window": "1s", "minimumCalls": 1}
+                }
+            },
             r"circuitBreaker.failureRate.threshold: must be in \(0, 1\], got 2.0",
         ),
-        ({"bulkhead": {"maxConcurrentCalls": "many"}}, r"bulkhead.maxConcurrentCalls: must be an integer"),
+        (
+            {"bulkhead": {"maxConcurrentCalls": "many"}},
+            r"bulkhead.maxConcurrentCalls: must be an integer",
+        ),
         ({"retryThrotling": {}}, r"retryThrotling: must be one of"),
-        ({"methodConfig": [{"name": [{}], "retryPolicy": {"maxAttempt": 2}}]}, r"retryPolicy.maxAttempt: must be one of"),
+        (
+            {"methodConfig": [{"name": [{}], "retryPolicy": {"maxAttempt": 2}}]},
+            r"retryPolicy.maxAttempt: must be one of",
+        ),
     ],
 )
 def test_bad_values_name_the_field_and_the_allowed_range(doc: object, message: str) -> None:
@@ -157,6 +198,12 @@ def test_bad_env_value_names_the_variable() -> None:
 
 
 def test_unknown_method_of_a_known_service_is_refused() -> None:
-    doc = {"methodConfig": [{"name": [{"service": "mesh.payment.v1.PaymentService", "method": "Chrage"}]}]}
-    with pytest.raises(PolicyError, match="a method of mesh.payment.v1.PaymentService: Charge, GetPayment"):
+    doc = {
+        "methodConfig": [
+            {"name": [{"service": "mesh.payment.v1.PaymentService", "method": "Chrage"}]}
+        ]
+    }
+    with pytest.raises(
+        PolicyError, match=r"a method of mesh\.payment\.v1\.PaymentService: Charge, GetPayment"
+    ):
         build_policy(doc, env={}, descriptors=[PAYMENT])

@@ -3,7 +3,11 @@ from __future__ import annotations
 import pytest
 
 from resilience import deadline_scope, remaining_time
-from resilience._deadline import NO_DEADLINE_THRESHOLD, deadline_from_remaining, get_inbound_deadline
+from resilience._deadline import (
+    NO_DEADLINE_THRESHOLD,
+    deadline_from_remaining,
+    get_inbound_deadline,
+)
 from resilience.testing import FakeClock
 
 

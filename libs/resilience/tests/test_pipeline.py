@@ -87,11 +87,15 @@ def setup(
 ) -> tuple[Pipeline, FakeTransport, FakeClock, RecordingListener]:
     clock = FakeClock()
     events = RecordingListener()
-    pipeline = Pipeline(target="t:1", policy=p, listeners=[events], clock=clock, rng=ScriptedRng(rng))
+    pipeline = Pipeline(
+        target="t:1", policy=p, listeners=[events], clock=clock, rng=ScriptedRng(rng)
+    )
     return pipeline, FakeTransport(clock), clock, events
 
 
-def call(pipeline: Pipeline, transport: FakeTransport, request: Request, method: str = GET) -> Status | None:
+def call(
+    pipeline: Pipeline, transport: FakeTransport, request: Request, method: str = GET
+) -> Status | None:
     return pipeline.run(pipeline.plan(method), None, transport, request)
 
 
@@ -104,7 +108,9 @@ def test_transient_failures_are_retried_with_jittered_backoff() -> None:
     retries = events.of(RetryScheduled)
     assert [(e.attempt, e.delay) for e in retries] == pytest.approx([(1, 0.05), (2, 0.1)])  # type: ignore[union-attr]
     ended = events.of(CallEnded)
-    assert len(ended) == 1 and ended[0].attempts == 3 and ended[0].outcome == "success"  # type: ignore[union-attr]
+    assert len(ended) == 1
+    assert ended[0].attempts == 3
+    assert ended[0].outcome == "success"
     assert [e.attempt for e in events.of(AttemptEnded)] == [1, 2, 3]  # type: ignore[union-attr]
 
 
@@ -116,7 +122,9 @@ def test_max_attempts_is_the_total_number_of_attempts() -> None:
     assert events.of(CallEnded)[0].outcome == "error"  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("code", ["INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "INTERNAL"])
+@pytest.mark.parametrize(
+    "code", ["INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "INTERNAL"]
+)
 def test_codes_outside_the_retryable_set_are_not_retried(code: str) -> None:
     pipeline, transport, _, _ = setup(policy())
     assert call(pipeline, transport, Request(statuses=[(code, None)])) == (code, None)
@@ -147,13 +155,19 @@ def test_pushback_replaces_backoff_and_negative_pushback_stops_retries() -> None
 
 def test_backoff_restarts_from_initial_after_pushback() -> None:
     pipeline, transport, clock, _ = setup(policy(), rng=[0.5])
-    call(pipeline, transport, Request(statuses=[UNAVAILABLE, ("UNAVAILABLE", "0"), UNAVAILABLE, None]))
+    call(
+        pipeline,
+        transport,
+        Request(statuses=[UNAVAILABLE, ("UNAVAILABLE", "0"), UNAVAILABLE, None]),
+    )
     assert clock.sleeps == pytest.approx([0.05, 0.0, 0.05])
 
 
 def test_no_retry_that_would_end_past_the_deadline() -> None:
     retry = RetryOptions(max_attempts=5, initial_backoff=1, max_backoff=1, backoff_multiplier=1)
-    pipeline, transport, clock, _ = setup(policy(default=MethodPolicy(timeout=1.5, retry=retry)), rng=[0.9])
+    pipeline, transport, clock, _ = setup(
+        policy(default=MethodPolicy(timeout=1.5, retry=retry)), rng=[0.9]
+    )
     result = call(pipeline, transport, Request(statuses=[UNAVAILABLE]))
     assert result == UNAVAILABLE
     assert len(transport.sent) == 2  # 0.01 + 0.9 + 0.01: a third would start at 1.82 > 1.5
@@ -161,8 +175,12 @@ def test_no_retry_that_would_end_past_the_deadline() -> None:
 
 
 def test_each_attempt_timeout_is_capped_by_per_attempt_and_the_remaining_overall_deadline() -> None:
-    retry = RetryOptions(max_attempts=3, per_attempt_timeout=0.4, initial_backoff=0.1, max_backoff=0.1)
-    pipeline, transport, _, _ = setup(policy(default=MethodPolicy(timeout=1.0, retry=retry)), rng=[0.999])
+    retry = RetryOptions(
+        max_attempts=3, per_attempt_timeout=0.4, initial_backoff=0.1, max_backoff=0.1
+    )
+    pipeline, transport, _, _ = setup(
+        policy(default=MethodPolicy(timeout=1.0, retry=retry)), rng=[0.999]
+    )
     transport.latency = 0.4  # every attempt runs into its own timeout
     result = call(pipeline, transport, Request(statuses=[("DEADLINE_EXCEEDED", None)]))
     assert result == ("DEADLINE_EXCEEDED", None)
@@ -172,7 +190,9 @@ def test_each_attempt_timeout_is_capped_by_per_attempt_and_the_remaining_overall
 
 
 def test_overall_deadline_exceeded_is_not_retried() -> None:
-    retry = RetryOptions(max_attempts=3, retryable_codes=frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"}))
+    retry = RetryOptions(
+        max_attempts=3, retryable_codes=frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+    )
     pipeline, transport, _, _ = setup(policy(default=MethodPolicy(timeout=0.5, retry=retry)))
     transport.latency = 1.0
     call(pipeline, transport, Request(statuses=[("DEADLINE_EXCEEDED", None)]))
@@ -196,7 +216,8 @@ def test_spent_budget_fails_fast_without_sending() -> None:
     pipeline, transport, clock, events = setup(policy(deadline_margin=0.05))
     with deadline_scope(0.04, clock):
         result = call(pipeline, transport, Request(statuses=[None]))
-    assert result is not None and result[0] == "DEADLINE_EXCEEDED"
+    assert result is not None
+    assert result[0] == "DEADLINE_EXCEEDED"
     assert transport.sent == []
     assert len(events.of(DeadlineExceededLocally)) == 1
     assert events.of(CallEnded)[0].outcome == "deadline_exceeded_locally"  # type: ignore[union-attr]
@@ -222,7 +243,9 @@ def test_breaker_opens_fails_fast_and_a_probe_closes_it() -> None:
         call(pipeline, transport, Request(statuses=[("INTERNAL", None)]))
     sent = len(transport.sent)
     result = call(pipeline, transport, Request(statuses=[None]))
-    assert result is not None and result[0] == "UNAVAILABLE" and "circuit breaker for t:1 is open" in result[1]
+    assert result is not None
+    assert result[0] == "UNAVAILABLE"
+    assert "circuit breaker for t:1 is open" in result[1]
     assert len(transport.sent) == sent  # failed fast: nothing sent
     assert len(events.of(BreakerRejected)) == 1
     clock.advance(5)
@@ -245,7 +268,8 @@ def test_caller_mistakes_never_open_the_breaker() -> None:
     for _ in range(5):
         call(pipeline, transport, Request(statuses=[("INVALID_ARGUMENT", None)]))
     breaker = pipeline.breaker()
-    assert breaker is not None and breaker.state_name == "closed"
+    assert breaker is not None
+    assert breaker.state_name == "closed"
 
 
 def test_per_method_breakers_are_independent() -> None:
@@ -266,9 +290,11 @@ def test_bulkhead_rejects_over_the_limit() -> None:
             return None
 
     assert call(pipeline, Reentrant(transport.clock), Request()) is None
-    assert inner[0] is not None and inner[0][0] == "RESOURCE_EXHAUSTED"
+    assert inner[0] is not None
+    assert inner[0][0] == "RESOURCE_EXHAUSTED"
     assert len(events.of(BulkheadRejected)) == 1
-    assert pipeline.bulkhead is not None and pipeline.bulkhead.in_flight == 0
+    assert pipeline.bulkhead is not None
+    assert pipeline.bulkhead.in_flight == 0
 
 
 def test_a_failing_listener_does_not_fail_the_call() -> None:

@@ -68,8 +68,10 @@ class WaitFullJitter(Wait):
 
     def cap(self, n: int) -> float:
         """The upper bound of the delay before retry `n`."""
-        # Exponent clamped so huge retry numbers cannot overflow the float.
-        return min(self.initial * self.multiplier ** min(n - 1, 1000), self.maximum)
+        try:
+            return min(self.initial * self.multiplier ** (n - 1), self.maximum)
+        except OverflowError:  # a huge retry number: the exponential is past any maximum
+            return self.maximum
 
     def __call__(self, n: int, rng: Rng) -> float:
         return rng.random() * self.cap(n)
