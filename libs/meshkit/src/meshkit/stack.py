@@ -185,8 +185,8 @@ PROGRAMS: tuple[Program, ...] = (
     Program("inventory", ("inventory_port", INVENTORY_SERVICE)),
     Program("payment_v1", ("payment_v1_port", PAYMENT_SERVICE)),
     Program("payment_v2", ("payment_v2_port", PAYMENT_SERVICE)),
-    Program("order", ("order_port", ORDER_SERVICE)),
     Program("envoy", None),
+    Program("order", ("order_port", ORDER_SERVICE)),
 )
 REDIS_PROGRAM = "redis"
 
@@ -633,7 +633,7 @@ class Stack:
                 f"{INVENTORY_SERVICE}/ListItems",
                 f"  grpcurl -plaintext -d '{order}' {edge} {ORDER_SERVICE}/CreateOrder",
                 "buf curl (npm install @bufbuild/buf):",
-                f"  {buf} --list-methods http://{edge}",
+                f"  {buf} --list-services http://{edge}",
                 f"  {buf} -d '{{\"page_size\": 5}}' http://{edge}/{INVENTORY_SERVICE}/ListItems",
                 f"  {buf} -d '{order}' http://{edge}/{ORDER_SERVICE}/CreateOrder",
                 "canary (payment v1/v2 weights, live):",
@@ -750,7 +750,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
 
 
 def _cmd_up(stack: Stack, _args: argparse.Namespace, _env: Mapping[str, str]) -> int:
-    statuses = stack.up()
+    try:
+        statuses = stack.up()
+    except StackError:
+        if stack.is_running():
+            print("the stack is left running for inspection: make logs; make down", file=sys.stderr)
+        raise
     return 0 if all(s.ok for s in statuses) else 1
 
 

@@ -1,0 +1,48 @@
+"""The edge honours the caller's deadline instead of Envoy's 15 s default route timeout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from mesh.common.v1 import money_pb2
+from mesh.payment.v1 import payment_pb2, payment_pb2_grpc
+from meshkit.ids import new_id
+from meshkit.stack import Stack
+from meshkit.testing import redis_server
+
+from .conftest import stack_config
+
+pytestmark = pytest.mark.stack
+
+#: Just over Envoy's default route timeout (15 s).
+SLOW_CHARGE_MS = 15_500
+
+
+def test_a_call_slower_than_envoys_default_route_timeout_completes_within_its_deadline(
+    tmp_path: Path,
+) -> None:
+    # max_stream_duration.grpc_timeout_header_max: 0s makes Envoy use the client's
+    # grpc-timeout; without it this call would end UNAVAILABLE ("upstream request timeout")
+    # at 15 s although its deadline is 30 s.
+    with redis_server() as redis:
+        stack = Stack(
+            stack_config(tmp_path, redis.url, {"PAYMENT_LATENCY_MS": str(SLOW_CHARGE_MS)})
+        )
+        try:
+            stack.up()
+            with grpc.insecure_channel(stack.config.edge_target) as channel:
+                payment = payment_pb2_grpc.PaymentServiceStub(channel).Charge(
+                    payment_pb2.ChargeRequest(
+                        order_id=new_id("ord"),
+                        customer_id="cust-slow",
+                        amount=money_pb2.Money(currency_code="USD", amount_minor=100),
+                        request_id=new_id("req"),
+                    ),
+                    timeout=30,
+                )
+            assert payment.state == payment_pb2.PAYMENT_STATE_CAPTURED
+        finally:
+            stack.down()
