@@ -354,14 +354,14 @@ class Breaker(pybreaker.CircuitBreaker):
 
     def record(self, probe: bool, failed: bool | None) -> None:
         """Record after an attempt: failed=None means no verdict (e.g. cancelled by the caller)."""
-        # Happy path: closed, nothing to reset and nothing to count, so no lock.
-        if (
-            self._is_closed
-            and not probe
-            and not failed
-            and self._state_storage.counter == 0
-            and not self._tracker.needs_successes
-        ):
+        if self._is_closed and not probe and failed is False and self._state_storage.counter == 0:
+            # Happy path. pybreaker's _handle_success would reset a zero counter, call
+            # on_success (which feeds the trip tracker) and notify listeners of nothing we
+            # subscribe to: do only the tracker part, and take no lock if it needs nothing.
+            if self._tracker.needs_successes:
+                with self._lock:
+                    if self._is_closed:
+                        self._tracker.record(False, self._clock.monotonic(), 0)
             return
         with self._lock:
             if probe:

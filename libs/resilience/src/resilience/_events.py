@@ -1,16 +1,17 @@
 """Events the pipeline emits; listeners (metrics, traces, logs) subscribe to them.
 
 A listener is any callable taking one event; dispatch with `match` or on `type(event)`.
-Every event carries its `CallSite` (target and method, created once per method), so a
-listener can cache whatever it binds per site. Attempts are numbered from 1, which is what a
-tracing listener needs to tell attempt spans apart.
+Events are NamedTuples: immutable and cheap to build on the hot path (a frozen dataclass
+costs twice as much here). Every event carries its `CallSite` (target and method, created
+once per method), so a listener can cache whatever it binds per site. Attempts are numbered
+from 1, which is what a tracing listener needs to tell attempt spans apart.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -23,8 +24,7 @@ class CallSite:
     name: str  # "Method"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AttemptEnded:
+class AttemptEnded(NamedTuple):
     """One attempt finished (sent and answered, or failed locally after being sent)."""
 
     site: CallSite
@@ -35,8 +35,7 @@ class AttemptEnded:
     timeout: float  # the attempt's own timeout
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RetryScheduled:
+class RetryScheduled(NamedTuple):
     """Attempt `attempt` failed with `code`; the next one is sent after `delay` seconds."""
 
     site: CallSite
@@ -46,8 +45,7 @@ class RetryScheduled:
     pushback: bool  # the delay came from the server's grpc-retry-pushback-ms
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RetryBudgetExhausted:
+class RetryBudgetExhausted(NamedTuple):
     """A retry was allowed by the policy but the target's retry budget had no tokens."""
 
     site: CallSite
@@ -56,8 +54,7 @@ class RetryBudgetExhausted:
     tokens: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BreakerStateChanged:
+class BreakerStateChanged(NamedTuple):
     """A circuit breaker moved between closed, open and half-open."""
 
     target: str
@@ -66,8 +63,7 @@ class BreakerStateChanged:
     new: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BreakerRejected:
+class BreakerRejected(NamedTuple):
     """The breaker failed an attempt fast, without sending it."""
 
     site: CallSite
@@ -76,16 +72,14 @@ class BreakerRejected:
     probe_in: float | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BulkheadRejected:
+class BulkheadRejected(NamedTuple):
     """The target already had `limit` calls in flight."""
 
     site: CallSite
     limit: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeadlineExceededLocally:
+class DeadlineExceededLocally(NamedTuple):
     """No time left for (another) attempt: failed with DEADLINE_EXCEEDED without sending it."""
 
     site: CallSite
@@ -93,8 +87,7 @@ class DeadlineExceededLocally:
     remaining: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CallEnded:
+class CallEnded(NamedTuple):
     """The logical call finished; `outcome` is a low-cardinality label value."""
 
     site: CallSite

@@ -22,7 +22,7 @@ from ._breaker import OPEN, Breaker, BreakerOpen
 from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._clock import SYSTEM_CLOCK, Clock, Rng
-from ._codes import AVAILABILITY_FAILURES, CANCELLED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED
+from ._codes import AVAILABILITY_FAILURES, CANCELLED, DEADLINE_EXCEEDED, OK, RESOURCE_EXHAUSTED
 from ._deadline import get_inbound_deadline
 from ._errors import LocalFailure
 from ._events import (
@@ -363,25 +363,9 @@ class Pipeline:
         if self._listeners:
             now = self._now()
             site = plan.site
-            self._emit(
-                AttemptEnded(
-                    site=site,
-                    attempt=attempt,
-                    code="OK",
-                    start=sent,
-                    duration=now - sent,
-                    timeout=timeout,
-                )
-            )
-            self._emit(
-                CallEnded(
-                    site=site,
-                    code="OK",
-                    attempts=attempt,
-                    duration=now - start,
-                    outcome=OUTCOME_SUCCESS,
-                )
-            )
+            # Positional: this is the per-call hot path.
+            self._emit(AttemptEnded(site, attempt, OK, sent, now - sent, timeout))
+            self._emit(CallEnded(site, OK, attempt, now - start, OUTCOME_SUCCESS))
 
     def _failed(
         self,

@@ -12,7 +12,9 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from . import metric_names as m
+from ._codes import OK
 from ._events import (
+    OUTCOME_SUCCESS,
     AttemptEnded,
     BreakerRejected,
     BreakerStateChanged,
@@ -79,6 +81,7 @@ class PrometheusListener:
             registry=registry,
         )
         self._bound: dict[tuple[object, ...], Any] = {}
+        self._ok_bound: dict[CallSite, tuple[Any, Any, Any]] = {}
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
             AttemptEnded: self._attempt,
             CallEnded: self._call,
@@ -93,6 +96,17 @@ class PrometheusListener:
     def __call__(self, event: Event) -> None:
         self._handlers[type(event)](event)
 
+    def _ok(self, site: CallSite) -> tuple[Any, Any, Any]:
+        """The three children a successful call touches, bound once per site."""
+        bound = self._ok_bound.get(site)
+        if bound is None:
+            bound = self._ok_bound[site] = (
+                self._child(self.attempts, site, OK),
+                self._child(self.calls, site, OK, OUTCOME_SUCCESS),
+                self._child(self.duration, site, OUTCOME_SUCCESS),
+            )
+        return bound
+
     def _child(self, metric: Any, site: CallSite, *extra: str) -> Any:
         key = (metric, site, *extra)
         child = self._bound.get(key)
@@ -101,11 +115,19 @@ class PrometheusListener:
         return child
 
     def _attempt(self, e: AttemptEnded) -> None:
-        self._child(self.attempts, e.site, e.code).inc()
+        if e.code == OK:
+            self._ok(e.site)[0].inc()
+        else:
+            self._child(self.attempts, e.site, e.code).inc()
 
     def _call(self, e: CallEnded) -> None:
-        self._child(self.calls, e.site, e.code, e.outcome).inc()
-        self._child(self.duration, e.site, e.outcome).observe(e.duration)
+        if e.outcome == OUTCOME_SUCCESS:
+            _, calls, duration = self._ok(e.site)
+        else:
+            calls = self._child(self.calls, e.site, e.code, e.outcome)
+            duration = self._child(self.duration, e.site, e.outcome)
+        calls.inc()
+        duration.observe(e.duration)
 
     def _retry(self, e: RetryScheduled) -> None:
         self._child(self.retries, e.site, e.code).inc()
