@@ -200,8 +200,10 @@ def start_order(order_env: dict[str, str]) -> Iterator[StartOrder]:
     """Starts order servers from ``order_env`` plus overrides; stops them at teardown."""
     started: list[Order] = []
 
-    def start(**env: str) -> Order:
+    def start(*, metrics: bool = False, **env: str) -> Order:
         settings = Settings.from_env({**order_env, **env})
+        if not metrics:  # stopping /metrics costs 0.5 s (http.server's poll interval)
+            settings = replace(settings, metrics_port=None)
         running = serve(settings)
         channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
         order = Order(settings, running, channel, order_pb2_grpc.OrderServiceStub(channel))
@@ -224,7 +226,3 @@ def app(order_env: dict[str, str]) -> Iterator[OrderApp]:
     built = build_app(Settings.from_env(order_env))
     yield built
     built.close()
-
-
-def settings_with(settings: Settings, **changes: Any) -> Settings:
-    return replace(settings, **changes)

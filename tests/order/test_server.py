@@ -23,7 +23,7 @@ def test_serves_health_for_the_service_when_sqlite_and_redis_answer(
 
 
 def test_metrics_count_handled_calls(start_order: StartOrder) -> None:
-    order = start_order()
+    order = start_order(metrics=True)
     order.stub.ListOrders(order_pb2.ListOrdersRequest(), timeout=5)
     url = f"http://127.0.0.1:{order.running.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:  # our own endpoint
