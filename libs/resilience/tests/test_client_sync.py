@@ -48,8 +48,11 @@ def make_policy(pb: ModuleType, **overrides: Any) -> ClientPolicy:
     return build_policy(doc, env={}, descriptors=[pb.DESCRIPTOR.services_by_name["FaultService"]])
 
 
-@pytest.fixture
-def connect(fault_server: Any, pb_grpc: ModuleType) -> Iterator[Any]:
+@pytest.fixture(params=["channel", "interceptors"])
+def connect(
+    request: pytest.FixtureRequest, fault_server: Any, pb_grpc: ModuleType
+) -> Iterator[Any]:
+    """Both ways in: `intercept_channel` (ResilientChannel) and plain grpc interceptors."""
     channels: list[grpc.Channel] = []
 
     def _connect(
@@ -58,9 +61,15 @@ def connect(fault_server: Any, pb_grpc: ModuleType) -> Iterator[Any]:
         channel = grpc.insecure_channel(fault_server.address)
         channels.append(channel)
         target = fault_server.address
-        wrapped = resilience.intercept_channel(
-            channel, target=target, policy=policy, listeners=listeners, clock=clock
-        )
+        if request.param == "channel":
+            wrapped = resilience.intercept_channel(
+                channel, target=target, policy=policy, listeners=listeners, clock=clock
+            )
+        else:
+            pipeline = resilience.Pipeline(
+                target=target, policy=policy, listeners=listeners, clock=clock
+            )
+            wrapped = grpc.intercept_channel(channel, *resilience.sync_interceptors(pipeline))
         return pb_grpc.FaultServiceStub(wrapped)
 
     yield _connect

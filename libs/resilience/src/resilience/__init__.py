@@ -17,7 +17,7 @@ from ._breaker import (
 )
 from ._budget import RetryBudget, ThrottleOptions
 from ._bulkhead import Bulkhead, BulkheadOptions
-from ._client import LocalRpcError, intercept_channel
+from ._client import LocalRpcError, ResilientChannel, intercept_channel
 from ._client import interceptors as sync_interceptors
 from ._clock import SYSTEM_CLOCK, Clock, Rng, SystemClock
 from ._config import ENV_OVERRIDES, ENV_POLICY_FILE, build_policy, load_policy
@@ -89,6 +89,7 @@ __all__ = [
     "PolicyError",
     "PrometheusListener",
     "RecordingListener",
+    "ResilientChannel",
     "RetryBudget",
     "RetryBudgetExhausted",
     "RetryOptions",
