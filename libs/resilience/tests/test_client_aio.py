@@ -25,7 +25,11 @@ def make_policy(pb: ModuleType, **overrides: Any) -> ClientPolicy:
     return build_policy(doc, env={}, descriptors=[pb.DESCRIPTOR.services_by_name["FaultService"]])
 
 
+pytestmark = pytest.mark.parametrize("mode", ["interceptors", "channel"])
+
+
 def run(
+    mode: str,
     fault_server: Any,
     pb_grpc: ModuleType,
     policy: ClientPolicy,
@@ -35,33 +39,41 @@ def run(
     clock: Any = None,
 ) -> None:
     async def main() -> None:
-        interceptors = resilience.aio_interceptors(
-            target=fault_server.address,
-            policy=policy,
-            listeners=listeners,
-            clock=clock or resilience.SYSTEM_CLOCK,
-        )
-        async with grpc.aio.insecure_channel(
-            fault_server.address, interceptors=interceptors
-        ) as channel:
-            await body(pb_grpc.FaultServiceStub(channel))
+        options: dict[str, Any] = {
+            "target": fault_server.address,
+            "policy": policy,
+            "listeners": listeners,
+            "clock": clock or resilience.SYSTEM_CLOCK,
+        }
+        if mode == "interceptors":
+            interceptors = resilience.aio_interceptors(**options)
+            async with grpc.aio.insecure_channel(
+                fault_server.address, interceptors=interceptors
+            ) as channel:
+                await body(pb_grpc.FaultServiceStub(channel))
+        else:
+            channel = resilience.aio_channel(
+                grpc.aio.insecure_channel(fault_server.address), **options
+            )
+            async with channel:
+                await body(pb_grpc.FaultServiceStub(channel))
 
     asyncio.run(main())
 
 
 def test_transient_unavailable_is_retried_to_success(
-    pb: ModuleType, pb_grpc: ModuleType, fault_server: Any
+    mode: str, pb: ModuleType, pb_grpc: ModuleType, fault_server: Any
 ) -> None:
     async def body(stub: Any) -> None:
         reply = await stub.Get(pb.FaultRequest(key="t", fail_first=2))
         assert reply.attempt == 3
 
-    run(fault_server, pb_grpc, make_policy(pb), body)
+    run(mode, fault_server, pb_grpc, make_policy(pb), body)
     assert fault_server.attempts["t"] == 3
 
 
 def test_non_retryable_and_non_idempotent(
-    pb: ModuleType, pb_grpc: ModuleType, fault_server: Any
+    mode: str, pb: ModuleType, pb_grpc: ModuleType, fault_server: Any
 ) -> None:
     async def body(stub: Any) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -73,12 +85,14 @@ def test_non_retryable_and_non_idempotent(
             await stub.Create(pb.FaultRequest(key="key", fail_first=1, request_id="r"))
         ).attempt == 2
 
-    run(fault_server, pb_grpc, make_policy(pb), body)
+    run(mode, fault_server, pb_grpc, make_policy(pb), body)
     assert fault_server.attempts["bad"] == 1
     assert fault_server.attempts["nokey"] == 1
 
 
-def test_pushback_is_honoured(pb: ModuleType, pb_grpc: ModuleType, fault_server: Any) -> None:
+def test_pushback_is_honoured(
+    mode: str, pb: ModuleType, pb_grpc: ModuleType, fault_server: Any
+) -> None:
     events = RecordingListener()
 
     async def body(stub: Any) -> None:
@@ -88,14 +102,16 @@ def test_pushback_is_honoured(pb: ModuleType, pb_grpc: ModuleType, fault_server:
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.Get(pb.FaultRequest(key="neg", fail_first=1, pushback_ms="-5"))
 
-    run(fault_server, pb_grpc, make_policy(pb), body, listeners=[events])
+    run(mode, fault_server, pb_grpc, make_policy(pb), body, listeners=[events])
     [scheduled] = events.of(resilience.RetryScheduled)
     assert scheduled.delay == 0.02
     assert scheduled.pushback
     assert fault_server.attempts["neg"] == 1
 
 
-def test_budget_caps_a_retry_storm(pb: ModuleType, pb_grpc: ModuleType, fault_server: Any) -> None:
+def test_budget_caps_a_retry_storm(
+    mode: str, pb: ModuleType, pb_grpc: ModuleType, fault_server: Any
+) -> None:
     calls = 40
 
     async def body(stub: Any) -> None:
@@ -106,6 +122,7 @@ def test_budget_caps_a_retry_storm(pb: ModuleType, pb_grpc: ModuleType, fault_se
         await asyncio.gather(*(one() for _ in range(calls)))
 
     run(
+        mode,
         fault_server,
         pb_grpc,
         make_policy(pb, retryThrottling={"maxTokens": 10, "tokenRatio": 0.1}),
@@ -115,7 +132,7 @@ def test_budget_caps_a_retry_storm(pb: ModuleType, pb_grpc: ModuleType, fault_se
 
 
 def test_breaker_opens_fails_fast_and_a_probe_closes_it(
-    pb: ModuleType, pb_grpc: ModuleType, fault_server: Any
+    mode: str, pb: ModuleType, pb_grpc: ModuleType, fault_server: Any
 ) -> None:
     clock = FakeClock()
 
@@ -131,12 +148,12 @@ def test_breaker_opens_fails_fast_and_a_probe_closes_it(
         assert (await stub.Get(pb.FaultRequest(key="probe"))).attempt == 1
 
     policy = make_policy(pb, circuitBreaker={"consecutiveFailures": 2, "resetTimeout": "1s"})
-    run(fault_server, pb_grpc, policy, body, clock=clock)
+    run(mode, fault_server, pb_grpc, policy, body, clock=clock)
     assert fault_server.attempts["fast"] == 0
 
 
 def test_bulkhead_rejects_over_its_limit(
-    pb: ModuleType, pb_grpc: ModuleType, fault_server: Any
+    mode: str, pb: ModuleType, pb_grpc: ModuleType, fault_server: Any
 ) -> None:
     async def body(stub: Any) -> None:
         held = [
@@ -150,26 +167,26 @@ def test_bulkhead_rejects_over_its_limit(
         fault_server.gate("held").set()
         assert len(await asyncio.gather(*held)) == 2
 
-    run(fault_server, pb_grpc, make_policy(pb, bulkhead={"maxConcurrentCalls": 2}), body)
+    run(mode, fault_server, pb_grpc, make_policy(pb, bulkhead={"maxConcurrentCalls": 2}), body)
     assert fault_server.attempts["third"] == 0
 
 
 def test_cancelling_a_call_frees_its_bulkhead_slot(
-    pb: ModuleType, pb_grpc: ModuleType, fault_server: Any
+    mode: str, pb: ModuleType, pb_grpc: ModuleType, fault_server: Any
 ) -> None:
     async def body(stub: Any) -> None:
-        call = stub.Get(pb.FaultRequest(key="cancel", hold=True))
+        call = asyncio.ensure_future(stub.Get(pb.FaultRequest(key="cancel", hold=True)))
         await asyncio.get_running_loop().run_in_executor(None, fault_server.wait_held, 1)
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
         assert (await stub.Get(pb.FaultRequest(key="next"))).attempt == 1
 
-    run(fault_server, pb_grpc, make_policy(pb, bulkhead={"maxConcurrentCalls": 1}), body)
+    run(mode, fault_server, pb_grpc, make_policy(pb, bulkhead={"maxConcurrentCalls": 1}), body)
 
 
 def test_server_streaming_is_not_retried(
-    pb: ModuleType, pb_grpc: ModuleType, fault_server: Any
+    mode: str, pb: ModuleType, pb_grpc: ModuleType, fault_server: Any
 ) -> None:
     async def body(stub: Any) -> None:
         assert [r.attempt async for r in stub.Watch(pb.FaultRequest(key="s"))] == [1, 2, 3]
@@ -177,5 +194,5 @@ def test_server_streaming_is_not_retried(
             async for _ in stub.Watch(pb.FaultRequest(key="s-fail", fail_first=-1)):
                 pass
 
-    run(fault_server, pb_grpc, make_policy(pb), body)
+    run(mode, fault_server, pb_grpc, make_policy(pb), body)
     assert fault_server.attempts["s-fail"] == 1

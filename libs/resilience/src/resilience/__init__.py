@@ -4,7 +4,7 @@ Pipeline order, fixed: bulkhead -> overall deadline -> retry (with budget) -> ci
 per-attempt timeout. See README.md.
 """
 
-from ._aio_client import aio_interceptors
+from ._aio_client import ResilientAioChannel, aio_channel, aio_interceptors
 from ._backoff import Wait, WaitFixed, WaitFullJitter
 from ._breaker import (
     AnyOf,
@@ -89,6 +89,7 @@ __all__ = [
     "PolicyError",
     "PrometheusListener",
     "RecordingListener",
+    "ResilientAioChannel",
     "ResilientChannel",
     "RetryBudget",
     "RetryBudgetExhausted",
@@ -101,6 +102,7 @@ __all__ = [
     "Wait",
     "WaitFixed",
     "WaitFullJitter",
+    "aio_channel",
     "aio_interceptors",
     "build_policy",
     "deadline_scope",

@@ -150,3 +150,165 @@ def aio_interceptors(
         AioStreamUnaryInterceptor(pipeline),
         AioStreamStreamInterceptor(pipeline),
     ]
+
+
+class _DirectAsyncAdapter:
+    """Sends an attempt straight to the aio channel's own multicallable."""
+
+    __slots__ = ()
+
+    async def send(self, ctx: _DirectCtx, timeout: float, attempt: int) -> Any:
+        inner, request, metadata, credentials, wait_for_ready, compression = ctx
+        try:
+            return await inner(
+                request,
+                timeout=timeout,
+                metadata=metadata,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+        except grpc.aio.AioRpcError as err:
+            return err
+
+    async def status(self, result: Any) -> Status | None:
+        if not isinstance(result, grpc.aio.AioRpcError):
+            return None
+        return code_name(result.code()), pushback(result.trailing_metadata())
+
+    def has_key(self, ctx: _DirectCtx) -> bool:
+        return has_idempotency_key(ctx[2], ctx[1])
+
+    def local_error(self, ctx: _DirectCtx, failure: LocalFailure) -> Any:
+        raise _error(failure)
+
+
+_DirectCtx = tuple[Any, Any, Any, Any, Any, Any]
+_DIRECT = _DirectAsyncAdapter()
+
+
+class _AioUnaryUnary:
+    """`await stub.M(request, ...)` through the pipeline; returns the response."""
+
+    __slots__ = ("_inner", "_plan", "_run")
+
+    def __init__(self, inner: Any, pipeline: Pipeline, method: str) -> None:
+        self._inner = inner
+        self._plan = pipeline.plan(method)
+        self._run = pipeline.run_async
+
+    async def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        ctx = (self._inner, request, metadata, credentials, wait_for_ready, compression)
+        result = await self._run(self._plan, timeout, _DIRECT, ctx)
+        if isinstance(result, grpc.aio.AioRpcError):
+            raise result
+        return result
+
+
+class _AioStream:
+    """Streaming call types: admitted by bulkhead, deadline and breaker; never retried."""
+
+    __slots__ = ("_base", "_inner", "_plan")
+
+    def __init__(self, inner: Any, base: _AioBase, method: str) -> None:
+        self._inner = inner
+        self._base = base
+        self._plan = base._pipeline.plan(method)
+
+    def __call__(self, request: Any, *, timeout: float | None = None, **kwargs: Any) -> Any:
+        pipeline = self._base._pipeline
+        plan = self._plan
+        try:
+            attempt_timeout, probe, start = pipeline.open_stream(plan, timeout)
+        except LocalFailure as failure:
+            raise _error(failure) from None
+        call = self._inner(request, timeout=attempt_timeout, **kwargs)
+
+        async def watch() -> None:
+            try:
+                code = code_name(await call.code())
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+            pipeline.close_stream(plan, probe, start, attempt_timeout, code)
+
+        task = asyncio.ensure_future(watch())
+        self._base._watchers.add(task)
+        task.add_done_callback(self._base._watchers.discard)
+        return call
+
+
+class ResilientAioChannel:
+    """A grpc.aio channel whose calls run the pipeline without grpc.aio's interceptor layer
+    (a task per call; it costs more than the pipeline).
+
+    Unary calls return a coroutine: `await stub.M(request)` works, the call object API
+    (`stub.M(request).initial_metadata()`) does not; use `aio_interceptors` where it must.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, pipeline: Pipeline) -> None:
+        self._channel = channel
+        self.pipeline = pipeline
+        self._streams = _AioBase(pipeline)
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _AioUnaryUnary(
+            self._channel.unary_unary(method, *args, **kwargs), self.pipeline, method
+        )
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _AioStream(
+            self._channel.unary_stream(method, *args, **kwargs), self._streams, method
+        )
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _AioStream(
+            self._channel.stream_unary(method, *args, **kwargs), self._streams, method
+        )
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _AioStream(
+            self._channel.stream_stream(method, *args, **kwargs), self._streams, method
+        )
+
+    def get_state(self, try_to_connect: bool = False) -> Any:
+        return self._channel.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: Any) -> None:
+        await self._channel.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._channel.channel_ready()
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
+
+    async def __aenter__(self) -> ResilientAioChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._channel.close(None)
+
+
+def aio_channel(
+    channel: grpc.aio.Channel,
+    *,
+    target: str,
+    policy: ClientPolicy,
+    listeners: Sequence[Listener] = (),
+    clock: Clock = SYSTEM_CLOCK,
+    rng: Rng | None = None,
+    pipeline: Pipeline | None = None,
+) -> ResilientAioChannel:
+    """Wrap a grpc.aio channel (created without interceptors) in the pipeline for `target`."""
+    if pipeline is None:
+        pipeline = Pipeline(target=target, policy=policy, listeners=listeners, clock=clock, rng=rng)
+    return ResilientAioChannel(channel, pipeline)

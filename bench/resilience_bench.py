@@ -1,0 +1,275 @@
+"""Bare channel vs the full resilience pipeline, happy path, sync and aio, 1 and 16 in flight.
+
+The variants run in alternating blocks (A B, B A, A B, ...) inside one run, against one server
+process, so machine noise lands on both. Reported per scenario: median-latency ratio,
+throughput ratio (pipeline / bare; goal <= x1.06 and >= x0.95) and client CPU per call.
+
+    python -m bench resilience [--quick] [--rounds N] [--block N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+from prometheus_client import CollectorRegistry
+
+import resilience
+
+SERVICE = "bench.v1.Bench"
+METHOD = f"/{SERVICE}/Echo"
+PAYLOAD = b"x" * 64
+
+
+def _policy() -> resilience.ClientPolicy:
+    """Every policy on, as a service would run it."""
+    return resilience.build_policy(
+        {
+            "methodConfig": [
+                {
+                    "name": [{}],
+                    "timeout": "5s",
+                    "retryPolicy": {
+                        "maxAttempts": 3,
+                        "initialBackoff": "0.01s",
+                        "maxBackoff": "0.1s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                        "perAttemptRecvTimeout": "2s",
+                    },
+                }
+            ],
+            "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+            "circuitBreaker": {
+                "consecutiveFailures": 5,
+                "failureRate": {"threshold": 0.5, "window": "10s", "minimumCalls": 20},
+                "resetTimeout": "5s",
+            },
+            "bulkhead": {"maxConcurrentCalls": 1000},
+            "deadlineMargin": "0.02s",
+        },
+        env={},
+    )
+
+
+# -- the server: its own process, so it does not compete for the client's GIL ------------
+
+
+async def _serve() -> None:
+    async def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+
+def _start_server() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    port = proc.stdout.readline().strip()
+    if not port.isdigit():
+        proc.kill()
+        raise RuntimeError(f"bench server did not start: {port!r}")
+    return proc, f"127.0.0.1:{port}"
+
+
+# -- measurement ------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """One variant's blocks; ratios pair each block with the other variant's block of the
+    same round, so slow drifts of the machine cancel."""
+
+    block_p50: list[float] = field(default_factory=list)
+    block_wall: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+
+    def add(self, latencies: list[float], wall: float, cpu: float) -> None:
+        self.latencies.extend(latencies)
+        self.block_p50.append(statistics.median(latencies))
+        self.block_wall.append(wall)
+        self.cpu += cpu
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.latencies) * 1000
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / sum(self.block_wall)
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu / len(self.latencies) * 1e6
+
+    def latency_ratio(self, base: Tally) -> float:
+        return statistics.median(b / a for a, b in zip(base.block_p50, self.block_p50, strict=True))
+
+    def throughput_ratio(self, base: Tally) -> float:
+        return statistics.median(
+            a / b for a, b in zip(base.block_wall, self.block_wall, strict=True)
+        )
+
+
+def _sync_block(
+    call: Callable[[bytes], Any], in_flight: int, n: int, pool: futures.ThreadPoolExecutor
+) -> list[float]:
+    def worker(count: int) -> list[float]:
+        out = []
+        clock = time.perf_counter
+        for _ in range(count):
+            t0 = clock()
+            call(PAYLOAD)
+            out.append(clock() - t0)
+        return out
+
+    if in_flight == 1:
+        return worker(n)
+    per = n // in_flight
+    results = list(pool.map(worker, [per] * in_flight))
+    return [x for r in results for x in r]
+
+
+async def _aio_block(call: Callable[[bytes], Any], in_flight: int, n: int) -> list[float]:
+    async def worker(count: int) -> list[float]:
+        out = []
+        clock = time.perf_counter
+        for _ in range(count):
+            t0 = clock()
+            await call(PAYLOAD)
+            out.append(clock() - t0)
+        return out
+
+    results = await asyncio.gather(*(worker(n // in_flight) for _ in range(in_flight)))
+    return [x for r in results for x in r]
+
+
+def _measure(block: Callable[[], list[float]], tally: Tally) -> None:
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    latencies = block()
+    tally.add(latencies, time.perf_counter() - wall0, time.process_time() - cpu0)
+
+
+def _run_sync(address: str, in_flight: int, rounds: int, n: int) -> tuple[Tally, Tally]:
+    bare_channel = grpc.insecure_channel(address)
+    piped_channel = resilience.intercept_channel(
+        grpc.insecure_channel(address),
+        target=address,
+        policy=_policy(),
+        listeners=[resilience.PrometheusListener(registry=CollectorRegistry())],
+    )
+    bare = bare_channel.unary_unary(METHOD)
+    piped = piped_channel.unary_unary(METHOD)
+    tallies = (Tally(), Tally())
+    with futures.ThreadPoolExecutor(max_workers=in_flight) as pool:
+        for call in (bare, piped):  # warm-up, not measured
+            _sync_block(call, in_flight, n // 2, pool)
+        for r in range(rounds):
+            order = (0, 1) if r % 2 == 0 else (1, 0)
+            for i in order:
+                call = (bare, piped)[i]
+                _measure(lambda call=call: _sync_block(call, in_flight, n, pool), tallies[i])  # type: ignore[misc]
+    bare_channel.close()
+    piped_channel.close()
+    return tallies
+
+
+def _run_aio(address: str, in_flight: int, rounds: int, n: int) -> tuple[Tally, Tally]:
+    async def main() -> tuple[Tally, Tally]:
+        piped = resilience.aio_channel(
+            grpc.aio.insecure_channel(address),
+            target=address,
+            policy=_policy(),
+            listeners=[resilience.PrometheusListener(registry=CollectorRegistry())],
+        )
+        async with grpc.aio.insecure_channel(address) as bare_channel, piped as piped_channel:
+            calls = (bare_channel.unary_unary(METHOD), piped_channel.unary_unary(METHOD))
+            tallies = (Tally(), Tally())
+            for call in calls:
+                await _aio_block(call, in_flight, n // 2)
+            for r in range(rounds):
+                for i in (0, 1) if r % 2 == 0 else (1, 0):
+                    cpu0, wall0 = time.process_time(), time.perf_counter()
+                    latencies = await _aio_block(calls[i], in_flight, n)
+                    tallies[i].add(
+                        latencies, time.perf_counter() - wall0, time.process_time() - cpu0
+                    )
+            return tallies
+
+    return asyncio.run(main())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="bench resilience", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few seconds per scenario, noisier")
+    parser.add_argument(
+        "--rounds", type=int, help="A/B block pairs per scenario (default 30, quick 8)"
+    )
+    parser.add_argument("--block", type=int, help="calls per block (default 320, quick 160)")
+    args = parser.parse_args(sys.argv[1:])
+    rounds = args.rounds or (8 if args.quick else 30)
+    block = args.block or (160 if args.quick else 320)
+
+    proc, address = _start_server()
+    rows = []
+    try:
+        for api, run in (("sync", _run_sync), ("aio", _run_aio)):
+            for in_flight in (1, 16):
+                bare, piped = run(address, in_flight, rounds, block)
+                rows.append((api, in_flight, bare, piped))
+                print(f"  measured {api} x{in_flight}", file=sys.stderr, flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+    print(
+        f"resilience pipeline vs bare channel ({rounds} A/B rounds x {block} calls, 64 B echo, server in its own process)"
+    )
+    header = (
+        f"{'api':<5}{'in flight':>10}{'bare p50 ms':>13}{'pipe p50 ms':>13}{'latency':>9}"
+        f"{'bare calls/s':>14}{'pipe calls/s':>14}{'throughput':>12}{'bare CPU us':>13}{'pipe CPU us':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    for api, in_flight, bare, piped in rows:
+        print(
+            f"{api:<5}{in_flight:>10}{bare.median_ms:>13.3f}{piped.median_ms:>13.3f}"
+            f"{piped.latency_ratio(bare):>8.3f}x{bare.throughput:>14.0f}{piped.throughput:>14.0f}"
+            f"{piped.throughput_ratio(bare):>11.3f}x{bare.cpu_us:>13.1f}{piped.cpu_us:>13.1f}"
+        )
+    print(
+        "latency and throughput: median over rounds of the pipeline/bare ratio of paired blocks;"
+        " goal <= 1.06x and >= 0.95x. CPU: the client process's, per call."
+    )
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--serve"]:
+        asyncio.run(_serve())
+    else:
+        main()
