@@ -124,6 +124,8 @@ def test_unreachable_payment_leaves_the_order_compensating_for_recovery(
     # stays held and the order PENDING until a compensation gets through.
     assert placed.status == PENDING
     assert inventory.available("SKU-0007") == SEED_STOCK - 1
+    # A retry gets the same order at once (nobody is driving it), and starts no second saga.
+    assert order.create("cust-1", ("SKU-0007", 1), request_id="dark-1") == placed
 
     payments = start_payments(port=port)
     # A restarted order service finishes it: its start-up pass, or the next ones (this process

@@ -7,9 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+import redis
 
 from mesh.order.v1 import order_pb2
 from meshkit.ids import new_id
+from order_service.domain import validate_create
+from order_service.server import OrderApp
+from order_service.store import Claim
 
 from .conftest import SEED_STOCK, Inventory, Order, Payments, proto_lines, violations
 
@@ -61,7 +65,7 @@ def test_concurrent_duplicates_of_an_invalid_order_all_get_invalid_argument(
         try:
             order.create("cust-1", ("SKU-9998", 1), request_id="race-bad")
         except grpc.RpcError as error:
-            return error.code()  # type: ignore[no-any-return]
+            return error.code()
         return grpc.StatusCode.OK
 
     with ThreadPoolExecutor(callers) as pool:
@@ -170,3 +174,27 @@ def test_a_page_token_is_bound_to_its_filter(order: Order) -> None:
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert set(violations(caught.value)) == {"page_token"}
+
+
+def test_a_claim_whose_runner_died_before_inserting_is_taken_over(
+    order: Order, app: OrderApp, payments: Payments
+) -> None:
+    request = validate_create("cust-1", [("SKU-0015", 1)], "orphan-1")
+    orphan = Claim(new_id("ord"), request.fingerprint)
+    assert app.claims.claim("orphan-1", orphan) is None  # then the process died
+
+    placed = order.create("cust-1", ("SKU-0015", 1), request_id="orphan-1")
+
+    assert placed.order_id == orphan.order_id
+    assert placed.status == CONFIRMED
+    assert payments.states(placed.order_id) == ["CAPTURED"]
+
+
+def test_redis_losing_its_claims_does_not_start_a_second_saga(
+    order: Order, redis_url: str, payments: Payments
+) -> None:
+    first = order.create("cust-1", ("SKU-0016", 1), request_id="amnesia-1")
+    redis.Redis.from_url(redis_url).flushall()
+
+    assert order.create("cust-1", ("SKU-0016", 1), request_id="amnesia-1") == first
+    assert payments.states(first.order_id) == ["CAPTURED"]

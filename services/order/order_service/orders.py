@@ -105,6 +105,16 @@ class Orders:
             if order is not None:
                 if order.status is not Status.PENDING or self._monotonic() >= deadline:
                     return order  # still PENDING at the deadline: the caller can GetOrder later
+                with _redis_required():
+                    idle = not self._leases.held(order.order_id)
+                # Nobody is driving it: its saga is stuck (a compensation could not get through)
+                # or its runner died, and recovery will finish it; don't wait for that. Read it
+                # again: a runner saves (or deletes) the order before it lets go of the lease.
+                if idle:
+                    order = self._store.get(holder.order_id)
+                    if order is not None:
+                        return order
+                    continue
             else:
                 with _redis_required():
                     if self._claims.holder(request.request_id) != holder:

@@ -327,3 +327,7 @@ class Leases:
 
     def lease(self, order_id: str) -> Lease:
         return Lease(self, order_id)
+
+    def held(self, order_id: str) -> bool:
+        """Whether some runner is driving this order's saga right now."""
+        return bool(self.redis.exists(lease_key(order_id)))
