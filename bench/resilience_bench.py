@@ -14,7 +14,6 @@ import asyncio
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
@@ -248,11 +247,13 @@ def main() -> None:
         proc.wait(10)
 
     print(
-        f"resilience pipeline vs bare channel ({rounds} A/B rounds x {block} calls, 64 B echo, server in its own process)"
+        f"resilience pipeline vs bare channel ({rounds} A/B rounds x {block} calls,"
+        " 64 B echo, server in its own process)"
     )
     header = (
         f"{'api':<5}{'in flight':>10}{'bare p50 ms':>13}{'pipe p50 ms':>13}{'latency':>9}"
-        f"{'bare calls/s':>14}{'pipe calls/s':>14}{'throughput':>12}{'bare CPU us':>13}{'pipe CPU us':>13}"
+        f"{'bare calls/s':>14}{'pipe calls/s':>14}{'throughput':>12}"
+        f"{'bare CPU us':>13}{'pipe CPU us':>13}"
     )
     print(header)
     print("-" * len(header))
