@@ -207,8 +207,14 @@ class Pipeline:
                     if per_attempt is not None and per_attempt < remaining
                     else remaining
                 )
-                result = adapter.send(ctx, timeout, attempt)
-                status = adapter.status(result)
+                try:
+                    result = adapter.send(ctx, timeout, attempt)
+                    status = adapter.status(result)
+                except BaseException:
+                    # Not an RPC outcome (e.g. a serializer raised): no verdict, free the probe.
+                    if breaker is not None and probe:
+                        breaker.record(True, None)
+                    raise
                 if status is None:
                     self._succeeded(plan, probe, attempt, now, timeout, start)
                     return result
