@@ -211,3 +211,29 @@ def test_only_orders_idle_for_the_age_are_resumed(app: OrderApp, inventory: Inve
 
     assert patient.run_once() == 0
     assert app.store.get(order.order_id) == order
+
+
+def test_commit_refused_releases_and_refunds(
+    app: OrderApp, inventory: Inventory, payments: Payments
+) -> None:
+    order = crashed(app, Step.RESERVE)
+    reservation_id, total = reserve(inventory, order)
+    payment_id = charge(payments, order, total)
+    # The stock went back before the commit (Commit now answers FAILED_PRECONDITION).
+    inventory.stub.Release(inventory_pb2.ReleaseRequest(reservation_id=reservation_id), timeout=5)
+    order = app.store.save(
+        replace(
+            order,
+            step=Step.COMMIT,
+            reservation_id=reservation_id,
+            total=total,
+            payment_id=payment_id,
+        )
+    )
+
+    done = recovered(app, order)
+
+    assert done.status is Status.FAILED
+    assert done.failure_reason == "inventory unavailable at commit"
+    assert inventory.available(SKU) == SEED_STOCK
+    assert payments.states(order.order_id) == ["REFUNDED"]

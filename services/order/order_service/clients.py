@@ -32,7 +32,7 @@ CHANNEL_OPTIONS = (
 def open_channel(target: str) -> grpc.Channel:
     """A channel to ``target`` (Envoy by default); every outbound channel is made here."""
     channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-    # RESILIENCE HOOK: libs/resilience plugs in on this one line (deadline, breaker, retries):
+    # RESILIENCE HOOK: the one line to change, e.g. = resilience.sync_interceptors(pipeline)
     interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = ()
     return grpc.intercept_channel(channel, *interceptors)
 

@@ -5,13 +5,17 @@ that action runs. A step's call ends in one :class:`Outcome`; :data:`TRANSITIONS
 where that leads. Anything not in the table keeps the order where it is: a compensation
 that could not reach its service is retried later by the recovery loop.
 
-    step         call                          OK            DECLINED      REJECTED     UNKNOWN
-    RESERVE      Reserve(order_id, lines)      CHARGE        FAILED        FAILED       RELEASE
-    CHARGE       Charge("charge-"+order_id)    COMMIT        RELEASE       RELEASE      VOID_CHARGE
-    COMMIT       Commit; on error Release      CONFIRMED     REFUND        (stay)       (stay)
-    VOID_CHARGE  VoidCharge("charge-"+id)      RELEASE       (stay)        (stay)       (stay)
-    RELEASE      Release (Reserve to learn id) FAILED        (stay)        (stay)       (stay)
-    REFUND       Refund("refund-"+order_id)    FAILED        (stay)        (stay)       (stay)
+    step         call                           OK          DECLINED   REJECTED   UNKNOWN
+    RESERVE      Reserve(order_id, lines)       CHARGE      FAILED     FAILED     RELEASE
+    CHARGE       Charge("charge-"+order_id)     COMMIT      RELEASE    RELEASE    VOID_CHARGE
+    COMMIT       Commit; if it fails, Release   CONFIRMED   REFUND     -          -
+    VOID_CHARGE  VoidCharge("charge-"+order_id) RELEASE     -          -          -
+    RELEASE      Release (Reserve to learn id)  FAILED      -          -          -
+    REFUND       Refund("refund-"+order_id)     FAILED      -          -          -
+
+    (- = stay at the step.) DECLINED is a business "no": out of stock, payment declined,
+    or for COMMIT "the stock went back instead". Reserve answering INVALID_ARGUMENT (an
+    unknown SKU) is not a transition: the request path deletes the order and answers it.
 """
 
 from __future__ import annotations
