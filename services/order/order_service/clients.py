@@ -13,6 +13,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+import resilience
 from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from mesh.payment.v1 import payment_pb2, payment_pb2_grpc
@@ -29,12 +30,20 @@ CHANNEL_OPTIONS = (
 )
 
 
-def open_channel(target: str) -> grpc.Channel:
-    """A channel to ``target`` (Envoy by default); every outbound channel is made here."""
-    channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-    # RESILIENCE HOOK: the one line to change, e.g. = resilience.sync_interceptors(pipeline)
-    interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = ()
-    return grpc.intercept_channel(channel, *interceptors)
+def open_channel(
+    address: str,
+    *,
+    target: str,
+    policy: resilience.ClientPolicy,
+    listeners: Sequence[resilience.Listener] = (),
+) -> grpc.Channel:
+    """A channel to ``address`` (Envoy by default) for the logical ``target`` ("inventory").
+
+    Every outbound channel is made here, and every one runs the resilience pipeline: bulkhead,
+    deadline, retry with budget, circuit breaker, per-attempt timeout (libs/resilience).
+    """
+    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return resilience.intercept_channel(channel, target=target, policy=policy, listeners=listeners)
 
 
 _Response = TypeVar("_Response")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import resilience
+from mesh.inventory.v1 import inventory_pb2
+from mesh.payment.v1 import payment_pb2
 from meshkit.settings import (
     DEFAULT_HOST,
     SettingsError,
@@ -47,6 +50,8 @@ class Settings:
     lock_lease_ms: int = DEFAULT_LOCK_LEASE_MS
     duplicate_wait_s: float = DEFAULT_DUPLICATE_WAIT_S
     max_workers: int = DEFAULT_MAX_WORKERS
+    #: Deadlines, retries, breakers and bulkheads of the outbound channels (validated at start-up).
+    policy: resilience.ClientPolicy = field(default_factory=lambda: load_outbound_policy({}))
 
     def __post_init__(self) -> None:
         if self.call_timeout_s <= 0:
@@ -102,4 +107,23 @@ class Settings:
                 "ORDER_DUPLICATE_WAIT_S", DEFAULT_DUPLICATE_WAIT_S, lo=0, hi=3_600, env=env
             ),
             max_workers=env_int("ORDER_MAX_WORKERS", DEFAULT_MAX_WORKERS, lo=1, hi=1_024, env=env),
+            policy=load_outbound_policy(env),
         )
+
+
+#: The policy shipped with the service; RESILIENCE_POLICY_FILE points at another one.
+DEFAULT_POLICY_FILE = Path(__file__).with_name("resilience.yaml")
+
+OUTBOUND_SERVICES = (
+    inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"],
+    payment_pb2.DESCRIPTOR.services_by_name["PaymentService"],
+)
+
+
+def load_outbound_policy(env: Mapping[str, str]) -> resilience.ClientPolicy:
+    """Parses and validates the outbound policy; a bad value stops start-up naming the field."""
+    path = env.get(resilience.ENV_POLICY_FILE) or str(DEFAULT_POLICY_FILE)
+    try:
+        return resilience.load_policy(path, env=env, descriptors=OUTBOUND_SERVICES)
+    except resilience.PolicyError as error:
+        raise SettingsError(f"{path}: {error}") from None

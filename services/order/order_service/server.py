@@ -9,7 +9,7 @@ import redis
 
 from mesh.order.v1 import order_pb2, order_pb2_grpc
 from meshkit.redis_client import connect
-from meshkit.server import RunningServer, ServerOptions, build_server
+from meshkit.server import RunningServer, ServerOptions, build_server, resilience_metrics
 from meshkit.sqlite import Database
 from order_service.clients import GrpcInventory, GrpcPayments, open_channel
 from order_service.config import Settings
@@ -50,8 +50,13 @@ class OrderApp:
 def build_app(settings: Settings) -> OrderApp:
     db = Database(settings.db_path, SCHEMA)
     client = connect(settings.redis_url)
-    inventory_channel = open_channel(settings.inventory_target)
-    payment_channel = open_channel(settings.payment_target)
+    listeners = [resilience_metrics()]
+    inventory_channel = open_channel(
+        settings.inventory_target, target="inventory", policy=settings.policy, listeners=listeners
+    )
+    payment_channel = open_channel(
+        settings.payment_target, target="payment", policy=settings.policy, listeners=listeners
+    )
     store = OrderStore(db)
     claims = Claims(client)
     leases = Leases(client, settings.lock_lease_ms)

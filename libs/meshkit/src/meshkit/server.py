@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from py_grpc_prometheus.prometheus_server_interceptor import PromServerInterceptor
 
+import resilience
 from meshkit.errors import ErrorMappingInterceptor
 from meshkit.health import Check, DependencyHealth
 
@@ -56,6 +57,7 @@ class ServerOptions:
 Registration = Callable[[grpc.Server], None]
 
 _metrics_interceptor: PromServerInterceptor | None = None
+_resilience_listener: resilience.PrometheusListener | None = None
 _metrics_lock = threading.Lock()
 
 
@@ -66,6 +68,15 @@ def metrics_interceptor() -> PromServerInterceptor:
         if _metrics_interceptor is None:
             _metrics_interceptor = PromServerInterceptor(enable_handling_time_histogram=True)
         return _metrics_interceptor
+
+
+def resilience_metrics() -> resilience.PrometheusListener:
+    """The process-wide listener exporting the resilience pipeline's metrics (one registry)."""
+    global _resilience_listener
+    with _metrics_lock:
+        if _resilience_listener is None:
+            _resilience_listener = resilience.PrometheusListener()
+        return _resilience_listener
 
 
 @dataclass(slots=True)
@@ -110,7 +121,14 @@ def build_server(
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers),
-        interceptors=[metrics_interceptor(), ErrorMappingInterceptor(), *interceptors],
+        # The deadline interceptor makes the inbound deadline cap every outbound call a handler
+        # makes (libs/resilience), so a caller's budget is honoured across the whole mesh.
+        interceptors=[
+            metrics_interceptor(),
+            resilience.DeadlineServerInterceptor(),
+            ErrorMappingInterceptor(),
+            *interceptors,
+        ],
         options=[("grpc.so_reuseport", 0)],
     )
     for register in registrations:
