@@ -66,7 +66,9 @@ def test_make_up_starts_its_own_redis_when_none_answers_and_make_down_leaves_not
             assert re.search(rf"^  {name} +RUNNING +{pids[name]}  SERVING$", status, re.M), status
 
         assert main(["logs"], {**env, "LINES": "5"}) == 0
-        assert f"==> {tmp_path / 'log' / 'order.log'} <==" in capsys.readouterr().out
+        logs = capsys.readouterr().out
+        assert f"==> {tmp_path / 'log' / 'order.log'} <==" in logs
+        assert f"==> {tmp_path / 'log' / 'redis.log'} <==" in logs
     finally:
         pids = stack.pids() if stack.is_running() else {}
         assert main(["down"], env) == 0

@@ -308,6 +308,17 @@ class Stack:
         """Envoy writes it itself (cheaper than piping every request line through supervisord)."""
         return self.config.log_dir / "envoy-access.log"
 
+    @property
+    def redis_conf_path(self) -> Path:
+        return self.config.run_dir / "conf.d" / "redis.conf"
+
+    def starts_redis(self) -> bool:
+        """Whether the last `up` ran its own redis-server (nothing answered at REDIS_URL)."""
+        try:
+            return f"[program:{REDIS_PROGRAM}]" in self.redis_conf_path.read_text()
+        except FileNotFoundError:
+            return False
+
     def log_path(self, program: str) -> Path:
         return self.config.log_dir / f"{program}.log"
 
@@ -543,11 +554,10 @@ class Stack:
         _rotate(self.access_log, ACCESS_LOG_MAX_BYTES)
         self.envoy_conf.write_text(self.envoy_yaml())
         self.supervisor_conf.write_text(self.supervisord_conf())
-        redis_conf = c.run_dir / "conf.d" / "redis.conf"
-        if own_redis:
-            redis_conf.write_text(self.redis_conf())
-        else:
-            redis_conf.unlink(missing_ok=True)
+        # Always written, so supervisord's [include] matches a file either way.
+        self.redis_conf_path.write_text(
+            self.redis_conf() if own_redis else f"; Redis answers at {c.redis_url}: left alone\n"
+        )
         started = subprocess.run(
             [c.python, "-m", "supervisor.supervisord", "-c", str(self.supervisor_conf)],
             capture_output=True,
@@ -616,7 +626,7 @@ class Stack:
     def logs(self, lines: int = DEFAULT_LOG_LINES) -> str:
         """The last ``lines`` of every program's log, supervisord's own log last."""
         names = [p.name for p in PROGRAMS]
-        if (self.config.run_dir / "conf.d" / "redis.conf").is_file():
+        if self.starts_redis():
             names.insert(0, REDIS_PROGRAM)
         return self._log_excerpt([*names, "supervisord"], lines)
 
@@ -757,7 +767,10 @@ def _signal_all(pids: Iterable[int], signum: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> int:
-    parser = argparse.ArgumentParser(prog="python -m meshkit.stack", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m meshkit.stack",
+        description="Start, stop and inspect the mesh under supervisord (make up/down/...).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="start the mesh and wait until it is healthy")
     commands.add_parser("down", help="stop everything `up` started")
@@ -770,7 +783,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
     try:
         stack = Stack(StackConfig.from_env(env))
         return _COMMANDS[args.command](stack, args, env)
-    except (StackError, SettingsError) as error:
+    except (StackError, ValueError, OSError) as error:  # SettingsError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 1
 
@@ -809,6 +822,8 @@ def _cmd_logs(stack: Stack, _args: argparse.Namespace, env: Mapping[str, str]) -
 
 
 def _cmd_canary(stack: Stack, args: argparse.Namespace, _env: Mapping[str, str]) -> int:
+    if not stack.is_running():
+        raise StackError("resilient-mesh is not running (make up)")
     stack.set_canary_weights(args.v1, args.v2)
     print(f"payment weights now v1={args.v1} v2={args.v2}")
     return 0
