@@ -41,15 +41,19 @@ system-deps: ## install Debian packages that are missing (redis-server)
 .PHONY: setup
 setup: system-deps venv gen
 
-.PHONY: up down status logs
+.PHONY: up down status logs canary
 up: setup ## set up what is missing, launch the mesh, wait until healthy
 	$(PY) -m meshkit.stack up
 down: ## stop everything `make up` started
-	@test -x $(PY) && $(PY) -m meshkit.stack down || true
+	@if test -x $(PY); then $(PY) -m meshkit.stack down; fi
 status: ## show every process of the stack and its health
 	$(PY) -m meshkit.stack status
 logs: ## tail the logs of every process (LINES=n)
 	$(PY) -m meshkit.stack logs
+
+.PHONY: canary
+canary: ## move the payment canary weights live: make canary V1=50 V2=50
+	$(PY) -m meshkit.stack canary $(V1) $(V2)
 
 .PHONY: test
 test: setup ## set up and run the whole suite
