@@ -1,0 +1,28 @@
+"""``make bench``: every benchmark, each printing a table next to a same-run baseline.
+
+``python -m bench mesh`` or ``python -m bench resilience`` runs one; extra arguments pass through.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "mesh": "bench.mesh_bench",
+    "resilience": "bench.resilience_bench",
+}
+
+
+def main(argv: list[str]) -> None:
+    names = [argv[0]] if argv and argv[0] in BENCHMARKS else list(BENCHMARKS)
+    rest = argv[1:] if argv and argv[0] in BENCHMARKS else argv
+    for name in names:
+        print(f"\n=== bench: {name} ===", flush=True)
+        module = importlib.import_module(BENCHMARKS[name])
+        sys.argv = [f"bench {name}", *rest]
+        module.main()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,170 @@
+"""CreateOrder through Envoy at 1, 16 and 64 in flight, next to a bare gRPC call through the same
+Envoy measured in the same run, plus the RSS of every stack process.
+
+The stack is started exactly as ``make up`` starts it (meshkit.stack, supervisor, real Envoy) but on
+free ports in a temp dir with its own redis-server, so a running ``make up`` is never disturbed.
+Variants alternate in short blocks (bare, order, bare, order, ...) so machine noise hits both alike.
+The load generator is one grpc.aio client in this process; it shares the 2 cores with the stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench._load import LoadResult, run_closed_loop
+from mesh.common.v1 import money_pb2
+from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from mesh.order.v1 import order_pb2, order_pb2_grpc
+from meshkit.stack import PORT_VARS, Stack, StackConfig, find_root
+from meshkit.testing import free_port, redis_server
+
+IN_FLIGHT = (1, 16, 64)
+SKUS = [f"SKU-{n:04d}" for n in range(1, 21)]
+CALL_TIMEOUT_S = 10.0
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _config(base: Path, redis_url: str) -> StackConfig:
+    ports: set[int] = set()
+    while len(ports) < len(PORT_VARS):
+        ports.add(free_port())
+    return StackConfig(
+        root=find_root(Path(__file__)),
+        run_dir=base / "run",
+        log_dir=base / "log",
+        data_dir=base / "data",
+        redis_url=redis_url,
+        # Enough stock that 64 in flight for the whole run never runs a SKU dry.
+        env={"INVENTORY_SEED_STOCK": "1000000"},
+        **dict(zip(PORT_VARS, sorted(ports), strict=True)),
+    )
+
+
+async def _measure(
+    edge: str, in_flight: int, block_s: float, rounds: int
+) -> tuple[LoadResult, LoadResult, int]:
+    async with grpc.aio.insecure_channel(edge) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        orders = order_pb2_grpc.OrderServiceStub(channel)
+        run_id = uuid.uuid4().hex[:8]
+        health_request = health_pb2.HealthCheckRequest()
+
+        def bare(_: int) -> Awaitable[object]:
+            return health.Check(health_request, timeout=CALL_TIMEOUT_S)
+
+        confirmed = 0
+
+        async def create(i: int) -> object:
+            nonlocal confirmed
+            order = await orders.CreateOrder(
+                order_pb2.CreateOrderRequest(
+                    customer_id=f"bench-{in_flight}",
+                    request_id=f"bench-{run_id}-{i}",
+                    lines=[money_pb2.Line(sku=SKUS[i % len(SKUS)], quantity=1)],
+                ),
+                timeout=CALL_TIMEOUT_S,
+            )
+            if order.status == order_pb2.ORDER_STATUS_CONFIRMED:
+                confirmed += 1
+            return order
+
+        variants: list[Callable[[int], Awaitable[object]]] = [bare, create]
+        # Warm up connections and caches outside the measurement.
+        for make_call in variants:
+            await run_closed_loop(make_call, in_flight=in_flight, duration_s=0.5)
+        confirmed = 0
+        totals = [LoadResult(), LoadResult()]
+        for _ in range(rounds):
+            for total, make_call in zip(totals, variants, strict=True):
+                total.merge(
+                    await run_closed_loop(make_call, in_flight=in_flight, duration_s=block_s)
+                )
+        return totals[0], totals[1], confirmed
+
+
+def _row(name: str, in_flight: int, result: LoadResult, extra: str = "") -> str:
+    errors = ",".join(f"{k}:{v}" for k, v in sorted(result.errors.items())) or "0"
+    return (
+        f"| {name:<22} | {in_flight:>9} | {result.throughput:>9.1f} | "
+        f"{result.percentile_ms(0.50):>8.2f} | {result.percentile_ms(0.99):>8.2f} | "
+        f"{errors:<10} | {extra:<14} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="bench mesh", description=__doc__)
+    parser.add_argument("--block", type=float, default=2.0, help="seconds per A/B block")
+    parser.add_argument("--rounds", type=int, default=3, help="A/B blocks per level")
+    parser.add_argument("--quick", action="store_true", help="1 round of 1 s blocks")
+    args = parser.parse_args()
+    block_s, rounds = (1.0, 1) if args.quick else (args.block, args.rounds)
+
+    with redis_server() as redis, tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
+        stack = Stack(_config(Path(tmp), redis.url), out=open("/dev/null", "w"))  # noqa: SIM115
+        stack.up()
+        try:
+            print(
+                f"CreateOrder (1 line) vs bare Health/Check through the same Envoy; "
+                f"{rounds} alternating blocks of {block_s:.1f} s per variant and level\n"
+            )
+            print(
+                "| call                   | in flight | calls/s   | p50 ms   | p99 ms   | "
+                "errors     | vs bare        |"
+            )
+            print(
+                "|------------------------|-----------|-----------|----------|----------|"
+                "------------|----------------|"
+            )
+            for in_flight in IN_FLIGHT:
+                bare, orders, confirmed = asyncio.run(
+                    _measure(stack.config.edge_target, in_flight, block_s, rounds)
+                )
+                ratio = (
+                    f"x{orders.percentile_ms(0.5) / bare.percentile_ms(0.5):.1f} p50"
+                    if bare.ok and orders.ok
+                    else ""
+                )
+                print(_row("bare Health/Check", in_flight, bare))
+                print(_row(f"CreateOrder ({confirmed} ok)", in_flight, orders, ratio))
+            pids = stack.pids()
+            print("\nRSS after the run (MiB):")
+            print("| process      | pid     | RSS MiB |")
+            print("|--------------|---------|---------|")
+            total = 0
+            for name, pid in sorted(pids.items()):
+                with contextlib.suppress(OSError):
+                    rss = _rss_kib(pid)
+                    total += rss
+                    print(f"| {name:<12} | {pid:>7} | {rss / 1024:>7.1f} |")
+            print(f"| {'total':<12} | {'':>7} | {total / 1024:>7.1f} |")
+            _check_stock(stack.config.edge_target)
+        finally:
+            stack.down()
+
+
+def _check_stock(edge: str) -> None:
+    """A sanity line: stock stayed non-negative under load."""
+    with grpc.insecure_channel(edge) as channel:
+        stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        page = stub.ListItems(inventory_pb2.ListItemsRequest(page_size=100), timeout=5)
+        low = min(item.available for item in page.items)
+        print(f"\nlowest stock after the run: {low} (never below 0)")
+
+
+if __name__ == "__main__":
+    main()
