@@ -162,6 +162,24 @@ def test_reserve_is_all_or_nothing(inventory: Inventory) -> None:
     assert (inventory.available("SKU-0001"), inventory.available("SKU-0002")) == (100, 100)
 
 
+def test_a_refusal_for_stock_is_final_for_its_order(inventory: Inventory) -> None:
+    """A late duplicate of a refused Reserve (its order already failed) takes nothing, even once
+    stock would suffice: otherwise that stock would be held by an order nobody will release."""
+    holder = inventory.reserve(order_id(), ("SKU-0003", 60))
+    refused_order = order_id()
+    first = rpc_error(inventory.stub.Reserve, reserve_request(refused_order, ("SKU-0003", 50)))
+    assert first.code() is grpc.StatusCode.FAILED_PRECONDITION
+    inventory.stub.Release(inventory_pb2.ReleaseRequest(reservation_id=holder.reservation_id))
+    assert inventory.available("SKU-0003") == 100
+
+    late = rpc_error(inventory.stub.Reserve, reserve_request(refused_order, ("SKU-0003", 50)))
+    assert late.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert late.details() == first.details()
+    assert inventory.available("SKU-0003") == 100
+    other_lines = rpc_error(inventory.stub.Reserve, reserve_request(refused_order, ("SKU-0003", 1)))
+    assert other_lines.code() is grpc.StatusCode.ALREADY_EXISTS
+
+
 def test_concurrent_reserves_never_oversell(start_inventory: StartInventory) -> None:
     inventory = start_inventory(seed_stock=10)
 

@@ -30,7 +30,7 @@ from inventory_service.domain import (
     ReserveCommand,
     ReservedLine,
 )
-from meshkit.errors import AlreadyExists, NotFound
+from meshkit.errors import AlreadyExists, FailedPrecondition, NotFound
 from meshkit.ids import new_id
 from meshkit.sqlite import Database
 
@@ -50,6 +50,15 @@ CREATE TABLE IF NOT EXISTS reservations (
     state          TEXT NOT NULL CHECK (state IN ('RESERVED', 'COMMITTED', 'RELEASED')),
     create_time_ms INTEGER NOT NULL,
     update_time_ms INTEGER NOT NULL
+);
+-- A Reserve refused for stock is final for its order_id: a late duplicate of it (e.g. the original
+-- call arriving after the saga's compensating Reserve was refused and the order failed) must get
+-- the same answer, not take stock that nobody will ever release.
+CREATE TABLE IF NOT EXISTS refused_reservations (
+    order_id       TEXT PRIMARY KEY,
+    lines_json     TEXT NOT NULL,
+    reason         TEXT NOT NULL,
+    create_time_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS reservation_lines (
     reservation_id   TEXT NOT NULL REFERENCES reservations (reservation_id),
@@ -303,6 +312,16 @@ class InventoryStore:
                         f" ({existing.reservation_id}) with different lines"
                     )
                 return existing
+            refused = conn.execute(
+                "SELECT lines_json, reason FROM refused_reservations WHERE order_id = ?",
+                (command.order_id,),
+            ).fetchone()
+            if refused is not None:
+                if not command.same_lines(Line(sku, q) for sku, q in json.loads(refused[0])):
+                    raise AlreadyExists(
+                        f"order_id {command.order_id} was already refused with different lines"
+                    )
+                raise FailedPrecondition(refused[1])
             skus = [line.sku for line in command.lines]
             rows = conn.execute(
                 "SELECT sku, price_minor, available FROM items"
@@ -310,26 +329,49 @@ class InventoryStore:
                 (json.dumps(skus),),
             ).fetchall()
             domain.check_known(command, (row["sku"] for row in rows))
-            domain.check_stock(command, {row["sku"]: row["available"] for row in rows})
-            prices = {row["sku"]: row["price_minor"] for row in rows}
-            for line in command.lines:
-                cursor = conn.execute(
-                    "UPDATE items SET available = available - ? WHERE sku = ? AND available >= ?",
-                    (line.quantity, line.sku, line.quantity),
+            out_of_stock: FailedPrecondition | None = None
+            try:
+                domain.check_stock(command, {row["sku"]: row["available"] for row in rows})
+            except FailedPrecondition as refusal:
+                conn.execute(
+                    "INSERT INTO refused_reservations"
+                    " (order_id, lines_json, reason, create_time_ms)"
+                    " VALUES (?, ?, ?, ?)",
+                    (
+                        command.order_id,
+                        json.dumps([[line.sku, line.quantity] for line in command.lines]),
+                        refusal.message,
+                        self._now_ms(),
+                    ),
                 )
-                if cursor.rowcount != 1:  # cannot happen under the write lock; never oversell
-                    raise RuntimeError(f"stock of {line.sku} changed inside a write transaction")
-            reservation = Reservation(
-                reservation_id=new_id(domain.RESERVATION_ID_PREFIX),
-                order_id=command.order_id,
-                state=ReservationState.RESERVED,
-                lines=tuple(
-                    ReservedLine(line.sku, line.quantity, prices[line.sku])
-                    for line in command.lines
-                ),
-            )
-            self._insert_reservation(conn, reservation)
+                out_of_stock = refusal
+            else:
+                reservation = self._hold(conn, command, rows)
+        if out_of_stock is not None:
+            raise out_of_stock  # after the refusal has committed
         self._stock_changed()
+        return reservation
+
+    def _hold(
+        self, conn: sqlite3.Connection, command: ReserveCommand, rows: list[sqlite3.Row]
+    ) -> Reservation:
+        prices = {row["sku"]: row["price_minor"] for row in rows}
+        for line in command.lines:
+            cursor = conn.execute(
+                "UPDATE items SET available = available - ? WHERE sku = ? AND available >= ?",
+                (line.quantity, line.sku, line.quantity),
+            )
+            if cursor.rowcount != 1:  # cannot happen under the write lock; never oversell
+                raise RuntimeError(f"stock of {line.sku} changed inside a write transaction")
+        reservation = Reservation(
+            reservation_id=new_id(domain.RESERVATION_ID_PREFIX),
+            order_id=command.order_id,
+            state=ReservationState.RESERVED,
+            lines=tuple(
+                ReservedLine(line.sku, line.quantity, prices[line.sku]) for line in command.lines
+            ),
+        )
+        self._insert_reservation(conn, reservation)
         return reservation
 
     def commit(self, reservation_id: str) -> Reservation:
