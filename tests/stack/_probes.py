@@ -1,0 +1,87 @@
+"""Read-only looks inside a running stack for end-to-end assertions: a service's Prometheus
+/metrics, Envoy's admin counters, and the payments table the two payment deployments share.
+Nothing here changes the stack."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import urllib.request
+from collections.abc import Mapping
+from contextlib import closing
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from meshkit.stack import Stack
+
+PAYMENT_SERVICE_NAME = "mesh.payment.v1.PaymentService"
+PAYMENT_CLUSTERS = ("payment_v1", "payment_v2")
+
+
+def scrape(port: int) -> str:
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+def metric_sum(port: int, name: str, **labels: str) -> float:
+    """The sum of every sample called ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for family in text_string_to_metric_families(scrape(port)):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def payment_metrics_ports(stack: Stack) -> dict[str, int]:
+    c = stack.config
+    return {"payment_v1": c.payment_v1_metrics_port, "payment_v2": c.payment_v2_metrics_port}
+
+
+def server_handled(port: int, method: str, **labels: str) -> int:
+    """``grpc_server_handled_total`` of one PaymentService method on one process."""
+    return int(
+        metric_sum(
+            port,
+            "grpc_server_handled_total",
+            grpc_service=PAYMENT_SERVICE_NAME,
+            grpc_method=method,
+            **labels,
+        )
+    )
+
+
+def payment_handled(stack: Stack, method: str, **labels: str) -> dict[str, int]:
+    """Per payment deployment, how many ``method`` calls its server finished (any code)."""
+    return {
+        cluster: server_handled(port, method, **labels)
+        for cluster, port in payment_metrics_ports(stack).items()
+    }
+
+
+def envoy_counters(stack: Stack, pattern: str) -> dict[str, int]:
+    """Envoy admin counters whose names match the regex ``pattern``."""
+    counters: dict[str, int] = {}
+    for line in stack.admin_get("/stats?filter=" + pattern).splitlines():
+        name, sep, value = line.partition(": ")
+        if sep and value.strip().isdigit():
+            counters[name] = int(value)
+    return counters
+
+
+def envoy_counter(stack: Stack, name: str) -> int:
+    """One Envoy counter; 0 when Envoy has not created it yet (nothing counted)."""
+    return envoy_counters(stack, "^" + re.escape(name) + "$").get(name, 0)
+
+
+def payment_rows(stack: Stack, where: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the shared payments table, read through a read-only connection."""
+    path = stack.config.data_dir / "payment.db"
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
+        conn.row_factory = sqlite3.Row
+        query = f"SELECT * FROM payments WHERE {where}"  # noqa: S608 - the tests' own clauses
+        rows = conn.execute(query, dict(params)).fetchall()
+    return [dict(row) for row in rows]
