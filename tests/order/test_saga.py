@@ -47,7 +47,7 @@ def test_declined_customer_fails_with_stock_back_and_no_money_moved(
 
     assert placed.status == FAILED
     assert placed.failure_reason.startswith("payment declined: ")
-    assert placed.payment_id == ""
+    assert placed.payment_id.startswith("pay_")  # the declined charge stays on the order's record
     assert inventory.available("SKU-0002") == SEED_STOCK
     assert payments.states(placed.order_id) == ["DECLINED"]
 
@@ -65,6 +65,7 @@ def test_payment_failing_compensates_with_void_and_release(
     assert inventory.available("SKU-0004") == SEED_STOCK
     # VoidCharge left a tombstone: a late Charge with the saga's request_id captures nothing.
     assert sick.states(placed.order_id) == ["VOIDED"]
+    assert placed.payment_id.startswith("pay_")  # linked, so GetPayment shows the void
 
 
 def test_payment_rejecting_definitely_releases_without_a_void(

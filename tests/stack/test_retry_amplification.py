@@ -89,11 +89,11 @@ def stock(edge: grpc.Channel) -> int:
 def assert_voided_and_released(stack: Stack, order: order_pb2.Order) -> None:
     assert order.status == order_pb2.ORDER_STATUS_FAILED
     assert order.failure_reason.startswith("payment unavailable"), order.failure_reason
-    assert not order.payment_id
     # VoidCharge left a tombstone under the saga's charge request id, so a late Charge can
-    # never capture; nothing else exists for the order.
+    # never capture; nothing else exists for the order, and the order links to it.
     rows = payment_rows(stack, "order_id = :order_id", {"order_id": order.order_id})
     assert [(r["request_id"], r["state"]) for r in rows] == [(f"charge-{order.order_id}", "VOIDED")]
+    assert order.payment_id == rows[0]["payment_id"]
 
 
 def test_payment_unavailable_fails_the_order_voids_the_charge_and_releases_stock(

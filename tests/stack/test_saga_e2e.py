@@ -122,9 +122,8 @@ def test_a_declined_customer_fails_releases_its_stock_and_captures_nothing(
         (f"charge-{order.order_id}", "DECLINED")
     ]
     assert rows[0]["decline_reason"]
-    if order.payment_id:
-        payment = payment_pb2_grpc.PaymentServiceStub(edge).GetPayment(
-            payment_pb2.GetPaymentRequest(payment_id=order.payment_id), timeout=5
-        )
-        assert payment.state == payment_pb2.PAYMENT_STATE_DECLINED
+    payment = payment_pb2_grpc.PaymentServiceStub(edge).GetPayment(
+        payment_pb2.GetPaymentRequest(payment_id=order.payment_id), timeout=5
+    )
+    assert payment.state == payment_pb2.PAYMENT_STATE_DECLINED
     assert orders.GetOrder(order_pb2.GetOrderRequest(order_id=order.order_id), timeout=5) == order

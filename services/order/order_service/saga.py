@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from meshkit.errors import FieldViolation, InvalidArgument
@@ -154,7 +154,11 @@ class Saga:
         if payment.state == "CAPTURED":
             return StepResult(outcome=Outcome.OK, payment_id=payment.payment_id)
         if payment.state == "DECLINED":
-            return _failed(Outcome.DECLINED, domain.PAYMENT_DECLINED, payment.decline_reason)
+            # Keep the payment's id: the declined charge is part of the order's story.
+            return replace(
+                _failed(Outcome.DECLINED, domain.PAYMENT_DECLINED, payment.decline_reason),
+                payment_id=payment.payment_id,
+            )
         # VOIDED/REFUNDED: an earlier run of this saga already gave up on this charge.
         return _failed(Outcome.REJECTED, domain.PAYMENT_REJECTED, f"charge {payment.state}")
 
@@ -180,12 +184,13 @@ class Saga:
 
     def _void_charge(self, order: Order) -> StepResult:
         try:
-            self._payments.void_charge(
+            payment = self._payments.void_charge(
                 charge_request_id=order.charge_request_id, order_id=order.order_id
             )
         except RemoteError as error:
             return StepResult(outcome=Outcome.UNKNOWN, reason=str(error))
-        return StepResult(outcome=Outcome.OK)
+        # The voided (or refunded) payment record stays linked, so GetPayment shows what happened.
+        return StepResult(outcome=Outcome.OK, payment_id=payment.payment_id)
 
     def _release(self, order: Order) -> StepResult:
         reservation_id = order.reservation_id
