@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,8 +25,7 @@ from bench._load import LoadResult, run_closed_loop
 from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from mesh.order.v1 import order_pb2, order_pb2_grpc
-from meshkit.stack import PORT_VARS, Stack, StackConfig, find_root
-from meshkit.testing import free_port, redis_server
+from meshkit.testing import running_stack
 
 IN_FLIGHT = (1, 16, 64)
 SKUS = [f"SKU-{n:04d}" for n in range(1, 21)]
@@ -37,22 +37,6 @@ def _rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def _config(base: Path, redis_url: str) -> StackConfig:
-    ports: set[int] = set()
-    while len(ports) < len(PORT_VARS):
-        ports.add(free_port())
-    return StackConfig(
-        root=find_root(Path(__file__)),
-        run_dir=base / "run",
-        log_dir=base / "log",
-        data_dir=base / "data",
-        redis_url=redis_url,
-        # Enough stock that 64 in flight for the whole run never runs a SKU dry.
-        env={"INVENTORY_SEED_STOCK": "1000000"},
-        **dict(zip(PORT_VARS, sorted(ports), strict=True)),
-    )
 
 
 async def _measure(
@@ -114,47 +98,48 @@ def main() -> None:
     args = parser.parse_args()
     block_s, rounds = (1.0, 1) if args.quick else (args.block, args.rounds)
 
-    with redis_server() as redis, tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
-        stack = Stack(_config(Path(tmp), redis.url), out=open("/dev/null", "w"))  # noqa: SIM115
-        stack.up()
-        try:
-            print(
-                f"CreateOrder (1 line) vs bare Health/Check through the same Envoy; "
-                f"{rounds} alternating blocks of {block_s:.1f} s per variant and level\n"
+    # Enough stock that 64 in flight for the whole run never runs a SKU dry.
+    env = {"INVENTORY_SEED_STOCK": "1000000"}
+    with (
+        tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp,
+        open(os.devnull, "w") as quiet,
+        running_stack(Path(tmp), env, out=quiet) as stack,
+    ):
+        print(
+            f"CreateOrder (1 line) vs bare Health/Check through the same Envoy; "
+            f"{rounds} alternating blocks of {block_s:.1f} s per variant and level\n"
+        )
+        print(
+            "| call                   | in flight | calls/s   | p50 ms   | p99 ms   | "
+            "errors     | vs bare        |"
+        )
+        print(
+            "|------------------------|-----------|-----------|----------|----------|"
+            "------------|----------------|"
+        )
+        for in_flight in IN_FLIGHT:
+            bare, orders, confirmed = asyncio.run(
+                _measure(stack.config.edge_target, in_flight, block_s, rounds)
             )
-            print(
-                "| call                   | in flight | calls/s   | p50 ms   | p99 ms   | "
-                "errors     | vs bare        |"
+            ratio = (
+                f"x{orders.percentile_ms(0.5) / bare.percentile_ms(0.5):.1f} p50"
+                if bare.ok and orders.ok
+                else ""
             )
-            print(
-                "|------------------------|-----------|-----------|----------|----------|"
-                "------------|----------------|"
-            )
-            for in_flight in IN_FLIGHT:
-                bare, orders, confirmed = asyncio.run(
-                    _measure(stack.config.edge_target, in_flight, block_s, rounds)
-                )
-                ratio = (
-                    f"x{orders.percentile_ms(0.5) / bare.percentile_ms(0.5):.1f} p50"
-                    if bare.ok and orders.ok
-                    else ""
-                )
-                print(_row("bare Health/Check", in_flight, bare))
-                print(_row(f"CreateOrder ({confirmed} ok)", in_flight, orders, ratio))
-            pids = stack.pids()
-            print("\nRSS after the run (MiB):")
-            print("| process      | pid     | RSS MiB |")
-            print("|--------------|---------|---------|")
-            total = 0
-            for name, pid in sorted(pids.items()):
-                with contextlib.suppress(OSError):
-                    rss = _rss_kib(pid)
-                    total += rss
-                    print(f"| {name:<12} | {pid:>7} | {rss / 1024:>7.1f} |")
-            print(f"| {'total':<12} | {'':>7} | {total / 1024:>7.1f} |")
-            _check_stock(stack.config.edge_target)
-        finally:
-            stack.down()
+            print(_row("bare Health/Check", in_flight, bare))
+            print(_row(f"CreateOrder ({confirmed} ok)", in_flight, orders, ratio))
+        pids = stack.pids()
+        print("\nRSS after the run (MiB):")
+        print("| process      | pid     | RSS MiB |")
+        print("|--------------|---------|---------|")
+        total = 0
+        for name, pid in sorted(pids.items()):
+            with contextlib.suppress(OSError):
+                rss = _rss_kib(pid)
+                total += rss
+                print(f"| {name:<12} | {pid:>7} | {rss / 1024:>7.1f} |")
+        print(f"| {'total':<12} | {'':>7} | {total / 1024:>7.1f} |")
+        _check_stock(stack.config.edge_target)
 
 
 def _check_stock(edge: str) -> None:

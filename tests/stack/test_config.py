@@ -10,8 +10,7 @@ import pytest
 
 from meshkit.settings import SettingsError
 from meshkit.stack import PORT_VARS, Stack, StackConfig, envoy_binary, find_root
-
-from .conftest import stack_config
+from meshkit.testing import stack_config
 
 
 def test_defaults_are_the_briefs_ports(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from meshkit.ids import new_id
 from meshkit.stack import PORT_VARS, PROGRAMS, REDIS_PROGRAM, Stack, StackConfig, main, pid_alive
+from meshkit.testing import free_ports
 
-from .conftest import assert_all_gone, free_ports
+from .conftest import assert_all_gone
 
 pytestmark = pytest.mark.stack
 

@@ -18,7 +18,7 @@ from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from mesh.order.v1 import order_pb2, order_pb2_grpc
 from meshkit.stack import Stack
-from meshkit.testing import redis_server
+from meshkit.testing import running_stack
 from resilience import OUTCOME_BREAKER_OPEN, metric_names
 
 from ._probes import (
@@ -28,7 +28,6 @@ from ._probes import (
     payment_handled,
     payment_rows,
 )
-from .conftest import assert_all_gone, stack_config
 
 pytestmark = pytest.mark.stack
 
@@ -43,16 +42,9 @@ CHARGE_STATS = "cluster.{cluster}.grpc.mesh.payment.v1.PaymentService.Charge.{ou
 @pytest.fixture(scope="module")
 def faulty_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A second mesh where every Charge fails UNAVAILABLE before doing anything."""
-    with redis_server() as redis:
-        env = {"PAYMENT_FAULT_RATE": "1", "PAYMENT_FAULT_CODE": "UNAVAILABLE"}
-        running = Stack(stack_config(tmp_path_factory.mktemp("faulty"), redis.url, env))
-        try:
-            running.up()
-            yield running
-        finally:
-            pids = running.pids() if running.is_running() else {}
-            running.down()
-            assert_all_gone(pids)
+    env = {"PAYMENT_FAULT_RATE": "1", "PAYMENT_FAULT_CODE": "UNAVAILABLE"}
+    with running_stack(tmp_path_factory.mktemp("faulty"), env) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,7 @@ import pytest
 from mesh.common.v1 import money_pb2
 from mesh.payment.v1 import payment_pb2, payment_pb2_grpc
 from meshkit.ids import new_id
-from meshkit.stack import Stack
-from meshkit.testing import redis_server
-
-from .conftest import stack_config
+from meshkit.testing import running_stack
 
 pytestmark = pytest.mark.stack
 
@@ -27,22 +24,18 @@ def test_a_call_slower_than_envoys_default_route_timeout_completes_within_its_de
     # max_stream_duration.grpc_timeout_header_max: 0s makes Envoy use the client's
     # grpc-timeout; without it this call would end UNAVAILABLE ("upstream request timeout")
     # at 15 s although its deadline is 30 s.
-    with redis_server() as redis:
-        stack = Stack(
-            stack_config(tmp_path, redis.url, {"PAYMENT_LATENCY_MS": str(SLOW_CHARGE_MS)})
+    env = {"PAYMENT_LATENCY_MS": str(SLOW_CHARGE_MS)}
+    with (
+        running_stack(tmp_path, env) as stack,
+        grpc.insecure_channel(stack.config.edge_target) as channel,
+    ):
+        payment = payment_pb2_grpc.PaymentServiceStub(channel).Charge(
+            payment_pb2.ChargeRequest(
+                order_id=new_id("ord"),
+                customer_id="cust-slow",
+                amount=money_pb2.Money(currency_code="USD", amount_minor=100),
+                request_id=new_id("req"),
+            ),
+            timeout=30,
         )
-        try:
-            stack.up()
-            with grpc.insecure_channel(stack.config.edge_target) as channel:
-                payment = payment_pb2_grpc.PaymentServiceStub(channel).Charge(
-                    payment_pb2.ChargeRequest(
-                        order_id=new_id("ord"),
-                        customer_id="cust-slow",
-                        amount=money_pb2.Money(currency_code="USD", amount_minor=100),
-                        request_id=new_id("req"),
-                    ),
-                    timeout=30,
-                )
-            assert payment.state == payment_pb2.PAYMENT_STATE_CAPTURED
-        finally:
-            stack.down()
+    assert payment.state == payment_pb2.PAYMENT_STATE_CAPTURED

@@ -8,13 +8,16 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
 import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from meshkit import stack
 
 
 def free_port() -> int:
@@ -111,3 +114,49 @@ def tmp_data_dir(base: Path, name: str) -> Path:
     path = base / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports that were free a moment ago."""
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+def stack_config(
+    base: Path, redis_url: str, env: Mapping[str, str] | None = None
+) -> stack.StackConfig:
+    """A StackConfig like ``make up``'s, but on free ports with everything under ``base``."""
+    # Any: mypy cannot tell these keys are exactly StackConfig's int port fields.
+    ports: dict[str, Any] = dict(
+        zip(stack.PORT_VARS, free_ports(len(stack.PORT_VARS)), strict=True)
+    )
+    return stack.StackConfig(
+        root=stack.find_root(Path(__file__)),
+        run_dir=base / "run",
+        log_dir=base / "log",
+        data_dir=base / "data",
+        redis_url=redis_url,
+        env=dict(env or {}),
+        **ports,
+    )
+
+
+@contextlib.contextmanager
+def running_stack(
+    base: Path, env: Mapping[str, str] | None = None, *, out: TextIO | None = None
+) -> Iterator[stack.Stack]:
+    """The whole mesh, started the way ``make up`` starts it, on free ports with a private
+    redis-server; stopped afterwards, failing if any of its processes is left behind."""
+    with redis_server() as redis_proc:
+        running = stack.Stack(stack_config(base, redis_proc.url, env), out=out)
+        try:
+            running.up()
+            yield running
+        finally:
+            pids = running.pids() if running.is_running() else {}
+            running.down()
+            left = {name: pid for name, pid in pids.items() if stack.pid_alive(pid)}
+            if left:
+                raise AssertionError(f"processes left behind after down(): {left}")
