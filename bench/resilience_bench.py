@@ -1,16 +1,26 @@
 """Bare channel vs the full resilience pipeline, happy path, sync and aio, 1 and 16 in flight.
 
-The variants run in alternating blocks (A B, B A, A B, ...) inside one run, against one server
-process, so machine noise lands on both. Reported per scenario: median-latency ratio,
-throughput ratio (pipeline / bare; goal <= x1.06 and >= x0.95) and client CPU per call.
+Three variants run in interleaved blocks inside one run, against one server process, so machine
+noise lands on all of them; each round uses another order (all six in turn):
 
-    python -m bench resilience [--quick] [--rounds N] [--block N]
+* bare: the channel's own multicallable, no timeout (the issue's baseline);
+* bare+deadline: the same call with the timeout the pipeline sets (per-attempt 2 s), which
+  separates what grpc-core charges for any call with a deadline from what the library costs;
+* pipeline: every policy on, a PrometheusListener subscribed.
+
+Reported per scenario: the headline pipeline/bare median-latency and throughput ratios (goal
+<= x1.06 and >= x0.95), the library-only ratios pipeline/(bare+deadline), and client CPU per call.
+
+    python -m bench resilience [--quick] [--rounds N] [--block N] [--api sync|aio] [--in-flight N]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import itertools
+import os
 import statistics
 import subprocess
 import sys
@@ -29,6 +39,10 @@ import resilience
 SERVICE = "bench.v1.Bench"
 METHOD = f"/{SERVICE}/Echo"
 PAYLOAD = b"x" * 64
+VARIANTS = ("bare", "bare+deadline", "pipeline")
+# Round r runs the variants in ORDERS[r % 6]: each variant is first, middle and last equally
+# often, so a drift within a round does not favour one of them.
+ORDERS = tuple(itertools.permutations(range(len(VARIANTS))))
 
 
 def _policy() -> resilience.ClientPolicy:
@@ -60,6 +74,13 @@ def _policy() -> resilience.ClientPolicy:
         },
         env={},
     )
+
+
+def _attempt_timeout(policy: resilience.ClientPolicy) -> float:
+    """The timeout the pipeline puts on each attempt of the happy path."""
+    per_attempt = policy.default.retry.per_attempt_timeout
+    timeout = policy.default.timeout
+    return per_attempt if per_attempt is not None and per_attempt < timeout else timeout
 
 
 # -- the server: its own process, so it does not compete for the client's GIL ------------
@@ -174,45 +195,55 @@ def _measure(block: Callable[[], list[float]], tally: Tally) -> None:
     tally.add(latencies, time.perf_counter() - wall0, time.process_time() - cpu0)
 
 
-def _run_sync(address: str, in_flight: int, rounds: int, n: int) -> tuple[Tally, Tally]:
+def _run_sync(address: str, in_flight: int, rounds: int, n: int) -> tuple[Tally, ...]:
+    policy = _policy()
     bare_channel = grpc.insecure_channel(address)
     piped_channel = resilience.intercept_channel(
         grpc.insecure_channel(address),
         target=address,
-        policy=_policy(),
+        policy=policy,
         listeners=[resilience.PrometheusListener(registry=CollectorRegistry())],
     )
     bare = bare_channel.unary_unary(METHOD)
-    piped = piped_channel.unary_unary(METHOD)
-    tallies = (Tally(), Tally())
+    calls = (
+        bare,
+        functools.partial(bare, timeout=_attempt_timeout(policy)),
+        piped_channel.unary_unary(METHOD),
+    )
+    tallies = tuple(Tally() for _ in calls)
     with futures.ThreadPoolExecutor(max_workers=in_flight) as pool:
-        for call in (bare, piped):  # warm-up, not measured
+        for call in calls:  # warm-up, not measured
             _sync_block(call, in_flight, n // 2, pool)
         for r in range(rounds):
-            order = (0, 1) if r % 2 == 0 else (1, 0)
-            for i in order:
-                call = (bare, piped)[i]
+            for i in ORDERS[r % len(ORDERS)]:
+                call = calls[i]
                 _measure(lambda call=call: _sync_block(call, in_flight, n, pool), tallies[i])  # type: ignore[misc]
     bare_channel.close()
     piped_channel.close()
     return tallies
 
 
-def _run_aio(address: str, in_flight: int, rounds: int, n: int) -> tuple[Tally, Tally]:
-    async def main() -> tuple[Tally, Tally]:
+def _run_aio(address: str, in_flight: int, rounds: int, n: int) -> tuple[Tally, ...]:
+    async def main() -> tuple[Tally, ...]:
+        policy = _policy()
         piped = resilience.aio_channel(
             grpc.aio.insecure_channel(address),
             target=address,
-            policy=_policy(),
+            policy=policy,
             listeners=[resilience.PrometheusListener(registry=CollectorRegistry())],
         )
         async with grpc.aio.insecure_channel(address) as bare_channel, piped as piped_channel:
-            calls = (bare_channel.unary_unary(METHOD), piped_channel.unary_unary(METHOD))
-            tallies = (Tally(), Tally())
+            bare = bare_channel.unary_unary(METHOD)
+            calls = (
+                bare,
+                functools.partial(bare, timeout=_attempt_timeout(policy)),
+                piped_channel.unary_unary(METHOD),
+            )
+            tallies = tuple(Tally() for _ in calls)
             for call in calls:
                 await _aio_block(call, in_flight, n // 2)
             for r in range(rounds):
-                for i in (0, 1) if r % 2 == 0 else (1, 0):
+                for i in ORDERS[r % len(ORDERS)]:
                     cpu0, wall0 = time.process_time(), time.perf_counter()
                     latencies = await _aio_block(calls[i], in_flight, n)
                     tallies[i].add(
@@ -226,46 +257,56 @@ def _run_aio(address: str, in_flight: int, rounds: int, n: int) -> tuple[Tally, 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="bench resilience", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds per scenario, noisier")
-    parser.add_argument(
-        "--rounds", type=int, help="A/B block pairs per scenario (default 30, quick 8)"
-    )
+    parser.add_argument("--rounds", type=int, help="rounds per scenario (default 30, quick 12)")
     parser.add_argument("--block", type=int, help="calls per block (default 320, quick 160)")
+    parser.add_argument("--api", choices=("sync", "aio"), help="only this api")
+    parser.add_argument("--in-flight", type=int, choices=(1, 16), help="only this concurrency")
     args = parser.parse_args(sys.argv[1:])
-    rounds = args.rounds or (8 if args.quick else 30)
+    rounds = args.rounds or (12 if args.quick else 30)
     block = args.block or (160 if args.quick else 320)
 
+    load_before = os.getloadavg()[0]
     proc, address = _start_server()
     rows = []
     try:
         for api, run in (("sync", _run_sync), ("aio", _run_aio)):
+            if args.api not in (None, api):
+                continue
             for in_flight in (1, 16):
-                bare, piped = run(address, in_flight, rounds, block)
-                rows.append((api, in_flight, bare, piped))
+                if args.in_flight not in (None, in_flight):
+                    continue
+                rows.append((api, in_flight, run(address, in_flight, rounds, block)))
                 print(f"  measured {api} x{in_flight}", file=sys.stderr, flush=True)
     finally:
         proc.terminate()
         proc.wait(10)
+    load_after = os.getloadavg()[0]
 
     print(
-        f"resilience pipeline vs bare channel ({rounds} A/B rounds x {block} calls,"
-        " 64 B echo, server in its own process)"
+        f"resilience pipeline vs bare channel ({rounds} rounds x {len(VARIANTS)} variants"
+        f" x {block} calls, {len(PAYLOAD)} B echo, server in its own process,"
+        f" {os.cpu_count()} cores, load average {load_before:.2f} before, {load_after:.2f} after)"
     )
     header = (
-        f"{'api':<5}{'in flight':>10}{'bare p50 ms':>13}{'pipe p50 ms':>13}{'latency':>9}"
-        f"{'bare calls/s':>14}{'pipe calls/s':>14}{'throughput':>12}"
-        f"{'bare CPU us':>13}{'pipe CPU us':>13}"
+        f"{'api':<5}{'in flight':>10}{'p50 ms: bare':>13}{'+deadline':>10}{'pipeline':>10}"
+        f"{'latency':>9}{'throughput':>11}{'lib latency':>12}{'lib thru':>9}"
+        f"{'CPU us: bare':>13}{'+deadline':>10}{'pipeline':>10}"
     )
     print(header)
     print("-" * len(header))
-    for api, in_flight, bare, piped in rows:
+    for api, in_flight, (bare, timed, piped) in rows:
         print(
-            f"{api:<5}{in_flight:>10}{bare.median_ms:>13.3f}{piped.median_ms:>13.3f}"
-            f"{piped.latency_ratio(bare):>8.3f}x{bare.throughput:>14.0f}{piped.throughput:>14.0f}"
-            f"{piped.throughput_ratio(bare):>11.3f}x{bare.cpu_us:>13.1f}{piped.cpu_us:>13.1f}"
+            f"{api:<5}{in_flight:>10}"
+            f"{bare.median_ms:>13.3f}{timed.median_ms:>10.3f}{piped.median_ms:>10.3f}"
+            f"{piped.latency_ratio(bare):>8.3f}x{piped.throughput_ratio(bare):>10.3f}x"
+            f"{piped.latency_ratio(timed):>11.3f}x{piped.throughput_ratio(timed):>8.3f}x"
+            f"{bare.cpu_us:>13.1f}{timed.cpu_us:>10.1f}{piped.cpu_us:>10.1f}"
         )
     print(
-        "latency and throughput: median over rounds of the pipeline/bare ratio of paired blocks;"
-        " goal <= 1.06x and >= 0.95x. CPU: the client process's, per call."
+        "latency, throughput: median over rounds of pipeline/bare for the same round's blocks"
+        " (goal <= 1.06x, >= 0.95x).\nlib latency, lib thru: the same against bare+deadline,"
+        " i.e. what the library costs beyond grpc-core's price for a deadline.\n"
+        "CPU: the client process's (all its threads), per call."
     )
 
 
