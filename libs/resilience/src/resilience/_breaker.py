@@ -175,7 +175,14 @@ class _AnyTracker:
         self.needs_successes = a.needs_successes or b.needs_successes
 
     def record(self, failed: bool, now: float, consecutive_failures: int) -> bool:
-        # Both must see every outcome, so no short-circuit.
+        if not failed:
+            # A success never trips; only trackers that count successes need to see it.
+            if self._a.needs_successes:
+                self._a.record(False, now, consecutive_failures)
+            if self._b.needs_successes:
+                self._b.record(False, now, consecutive_failures)
+            return False
+        # Both must see every failure, so no short-circuit.
         a = self._a.record(failed, now, consecutive_failures)
         b = self._b.record(failed, now, consecutive_failures)
         return a or b
@@ -352,16 +359,21 @@ class Breaker(pybreaker.CircuitBreaker):
             self._probes += 1
             return True
 
-    def record(self, probe: bool, failed: bool | None) -> None:
-        """Record after an attempt: failed=None means no verdict (e.g. cancelled by the caller)."""
+    def record(self, probe: bool, failed: bool | None, now: float | None = None) -> None:
+        """Record after an attempt: failed=None means no verdict (e.g. cancelled by the caller).
+
+        `now` is the caller's `clock.monotonic()` reading, if it has one (saves a clock read).
+        """
         if self._is_closed and not probe and failed is False and self._state_storage.counter == 0:
             # Happy path. pybreaker's _handle_success would reset a zero counter, call
             # on_success (which feeds the trip tracker) and notify listeners of nothing we
             # subscribe to: do only the tracker part, and take no lock if it needs nothing.
             if self._tracker.needs_successes:
+                if now is None:
+                    now = self._clock.monotonic()
                 with self._lock:
                     if self._is_closed:
-                        self._tracker.record(False, self._clock.monotonic(), 0)
+                        self._tracker.record(False, now, 0)
             return
         with self._lock:
             if probe:

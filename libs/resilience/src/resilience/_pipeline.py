@@ -362,12 +362,12 @@ class Pipeline:
     def _succeeded(
         self, plan: Plan, probe: bool, attempt: int, sent: float, timeout: float, start: float
     ) -> None:
+        now = self._now()  # one clock read for the breaker's window and the events
         if plan.breaker is not None:
-            plan.breaker.record(probe, False)
+            plan.breaker.record(probe, False, now)
         if self.budget is not None:
             self.budget.on_success()
         if self._listeners:
-            now = self._now()
             site = plan.site
             # Positional: this is the per-call hot path.
             self._emit(AttemptEnded(site, attempt, OK, sent, now - sent, timeout))
