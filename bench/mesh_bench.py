@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import tempfile
 import uuid
@@ -45,7 +46,10 @@ async def _measure(
     async with grpc.aio.insecure_channel(edge) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         orders = order_pb2_grpc.OrderServiceStub(channel)
+        # Every call is a new order: _load's call index restarts with each block, so a
+        # request_id built from it would replay earlier orders (cheap idempotent answers).
         run_id = uuid.uuid4().hex[:8]
+        sequence = itertools.count()
         health_request = health_pb2.HealthCheckRequest()
 
         def bare(_: int) -> Awaitable[object]:
@@ -58,7 +62,7 @@ async def _measure(
             order = await orders.CreateOrder(
                 order_pb2.CreateOrderRequest(
                     customer_id=f"bench-{in_flight}",
-                    request_id=f"bench-{run_id}-{i}",
+                    request_id=f"bench-{run_id}-{next(sequence)}",
                     lines=[money_pb2.Line(sku=SKUS[i % len(SKUS)], quantity=1)],
                 ),
                 timeout=CALL_TIMEOUT_S,
