@@ -303,3 +303,64 @@ def test_a_failing_listener_does_not_fail_the_call() -> None:
 
     pipeline = Pipeline(target="t", policy=policy(), listeners=[broken], clock=FakeClock())
     assert call(pipeline, FakeTransport(FakeClock()), Request(statuses=[None])) is None
+
+
+class ShortcutListener(RecordingListener):
+    """Takes first-attempt successes through `call_succeeded`, everything else as events."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.successes: list[tuple[object, float, float, float]] = []
+
+    def call_succeeded(self, site: object, start: float, duration: float, timeout: float) -> None:
+        self.successes.append((site, start, duration, timeout))
+
+
+def test_a_first_attempt_success_is_one_call_to_listeners_that_offer_it() -> None:
+    clock = FakeClock(100.0)
+    shortcut, events = ShortcutListener(), RecordingListener()
+    pipeline = Pipeline(
+        target="t",
+        policy=policy(),
+        listeners=[shortcut, events],
+        clock=clock,
+        rng=ScriptedRng([0.5]),
+    )
+    assert call(pipeline, FakeTransport(clock, latency=0.25), Request(statuses=[None])) is None
+
+    site = pipeline.plan(GET).site
+    assert shortcut.successes == [(site, 100.0, 0.25, 10.0)]
+    assert shortcut.events == []
+    # A listener without the shortcut sees the very pair the shortcut stands for.
+    assert events.events == [
+        AttemptEnded(site, 1, "OK", 100.0, 0.25, 10.0),
+        CallEnded(site, "OK", 1, 0.25, "success"),
+    ]
+
+
+def test_a_success_after_retries_is_events_for_every_listener() -> None:
+    clock = FakeClock()
+    shortcut = ShortcutListener()
+    pipeline = Pipeline(
+        target="t", policy=policy(), listeners=[shortcut], clock=clock, rng=ScriptedRng([0.5])
+    )
+    assert call(pipeline, FakeTransport(clock), Request(statuses=[UNAVAILABLE, None])) is None
+
+    assert shortcut.successes == []
+    assert [e.attempt for e in shortcut.of(AttemptEnded)] == [1, 2]
+    assert [e.code for e in shortcut.of(AttemptEnded)] == ["UNAVAILABLE", "OK"]
+    assert len(shortcut.of(RetryScheduled)) == 1
+    assert len(shortcut.of(CallEnded)) == 1
+
+
+def test_a_failing_shortcut_does_not_fail_the_call_or_starve_other_listeners() -> None:
+    class Broken(ShortcutListener):
+        def call_succeeded(self, *args: object) -> None:  # type: ignore[override]
+            raise RuntimeError("boom")
+
+    events = RecordingListener()
+    pipeline = Pipeline(
+        target="t", policy=policy(), listeners=[Broken(), events], clock=FakeClock()
+    )
+    assert call(pipeline, FakeTransport(FakeClock()), Request(statuses=[None])) is None
+    assert len(events.of(CallEnded)) == 1

@@ -98,3 +98,14 @@ def test_one_listener_per_registry() -> None:
     resilience.PrometheusListener(registry=registry)
     with pytest.raises(ValueError, match="Duplicated"):
         resilience.PrometheusListener(registry=registry)
+
+
+def test_call_succeeded_exports_what_the_event_pair_does() -> None:
+    pair, shortcut = CollectorRegistry(), CollectorRegistry()
+    by_events = resilience.PrometheusListener(registry=pair)
+    by_call = resilience.PrometheusListener(registry=shortcut)
+    for d in DURATIONS:
+        by_events(AttemptEnded(SITE, 1, "OK", 5.0, d, 2.0))
+        by_events(CallEnded(SITE, "OK", 1, d, "success"))
+        by_call.call_succeeded(SITE, 5.0, d, 2.0)
+    assert _samples(shortcut) == _samples(pair)

@@ -5,13 +5,18 @@ Events are NamedTuples: immutable and cheap to build on the hot path (a frozen d
 costs twice as much here). Every event carries its `CallSite` (target and method, created
 once per method), so a listener can cache whatever it binds per site. Attempts are numbered
 from 1, which is what a tracing listener needs to tell attempt spans apart.
+
+The common case, a call whose first attempt succeeds, is two events. A listener may also
+define `call_succeeded(site, start, duration, timeout)` (see `SuccessListener`); the pipeline
+then calls that instead of building the pair, which saves most of a listener's per-call cost.
+It is looked up once, when the pipeline is built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, TypeAlias
+from typing import NamedTuple, Protocol, TypeAlias
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -115,6 +120,25 @@ Event: TypeAlias = (
     | CallEnded
 )
 Listener: TypeAlias = Callable[[Event], None]
+# call_succeeded(site, start, duration, timeout), as in `SuccessListener`.
+SuccessNotifier: TypeAlias = Callable[[CallSite, float, float, float], None]
+
+
+class SuccessListener(Protocol):
+    """A listener that also takes a first-attempt success as one call (optional shortcut)."""
+
+    def __call__(self, event: Event) -> None: ...
+
+    def call_succeeded(self, site: CallSite, start: float, duration: float, timeout: float) -> None:
+        """Stands for `AttemptEnded(site, 1, OK, start, duration, timeout)` followed by
+        `CallEnded(site, OK, 1, duration, OUTCOME_SUCCESS)`: handle it exactly as that pair."""
+        ...
+
+
+def success_notifier(listener: Listener) -> SuccessNotifier | None:
+    """The listener's `call_succeeded`, or None when it only takes events."""
+    notifier = getattr(listener, "call_succeeded", None)
+    return notifier if callable(notifier) else None
 
 
 class RecordingListener:

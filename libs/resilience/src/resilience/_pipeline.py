@@ -42,6 +42,7 @@ from ._events import (
     Listener,
     RetryBudgetExhausted,
     RetryScheduled,
+    success_notifier,
 )
 from ._policy import ClientPolicy, Idempotency
 
@@ -118,6 +119,13 @@ class Pipeline:
         self._now = clock.monotonic
         self._rng: Rng = rng if rng is not None else random.Random()  # jitter only
         self._listeners = tuple(listeners)
+        # First-attempt successes: one call to each listener that offers `call_succeeded`,
+        # the event pair to the others.
+        notifiers = [success_notifier(listener) for listener in self._listeners]
+        self._notifiers = tuple(n for n in notifiers if n is not None)
+        self._event_only = tuple(
+            listener for listener, n in zip(self._listeners, notifiers, strict=True) if n is None
+        )
         self._margin = policy.deadline_margin
         self.budget = RetryBudget(policy.throttle) if policy.throttle is not None else None
         self.bulkhead = Bulkhead(policy.bulkhead) if policy.bulkhead is not None else None
@@ -367,11 +375,24 @@ class Pipeline:
             plan.breaker.record(probe, False, now)
         if self.budget is not None:
             self.budget.on_success()
-        if self._listeners:
-            site = plan.site
-            # Positional: this is the per-call hot path.
-            self._emit(AttemptEnded(site, attempt, OK, sent, now - sent, timeout))
-            self._emit(CallEnded(site, OK, attempt, now - start, OUTCOME_SUCCESS))
+        if not self._listeners:
+            return
+        site = plan.site
+        if attempt == 1:  # then sent == start: one duration stands for attempt and call
+            duration = now - start
+            for notify in self._notifiers:
+                try:
+                    notify(site, start, duration, timeout)
+                except Exception:
+                    _log.exception("resilience listener %r failed on a success", notify)
+            if self._event_only:
+                # Positional: this is the per-call hot path.
+                attempt_ended = AttemptEnded(site, 1, OK, start, duration, timeout)
+                self._emit(attempt_ended, self._event_only)
+                self._emit(CallEnded(site, OK, 1, duration, OUTCOME_SUCCESS), self._event_only)
+            return
+        self._emit(AttemptEnded(site, attempt, OK, sent, now - sent, timeout))
+        self._emit(CallEnded(site, OK, attempt, now - start, OUTCOME_SUCCESS))
 
     def _failed(
         self,
@@ -525,8 +546,8 @@ class Pipeline:
             )  # fmt: skip
         return err
 
-    def _emit(self, event: Event) -> None:
-        for listener in self._listeners:
+    def _emit(self, event: Event, listeners: tuple[Listener, ...] | None = None) -> None:
+        for listener in self._listeners if listeners is None else listeners:
             try:
                 listener(event)
             except Exception:
