@@ -178,6 +178,57 @@ def test_trip_conditions_combine_with_or() -> None:
     assert breaker.state_name == "open"
 
 
+def test_successes_after_a_failure_still_count_in_the_rate_window() -> None:
+    # A failure leaves the breaker closed but not quiet: the next success takes pybreaker's
+    # full path (resetting its counter), and must still land in the window.
+    clock = FakeClock()
+    breaker = make(clock, trip=FailureRate(threshold=0.5, window=10, minimum_calls=4))
+    fail(breaker)
+    succeed(breaker, 2)  # 1 failure of 3 calls
+    fail(breaker)  # 2 of 4 calls: trips only if both successes were counted
+    assert breaker.state_name == "open"
+    assert breaker.fail_counter == 1  # the successes reset pybreaker's consecutive count
+
+
+def test_successes_feed_every_rate_window_of_a_combination() -> None:
+    clock = FakeClock()
+    trip = FailureRate(threshold=0.5, window=10, minimum_calls=4) | FailureRate(
+        threshold=0.25, window=10, minimum_calls=8
+    )
+    breaker = make(clock, trip=trip)
+    succeed(breaker, 6)
+    fail(breaker)  # first: 1 of 7 calls, 14% < 50%; second: 7 calls < 8
+    assert breaker.state_name == "closed"
+    fail(breaker)  # first: 2 of 8, 25% < 50%; second: 2 of 8, 25% >= 25%
+    assert breaker.state_name == "open"
+
+
+def test_a_success_racing_a_failure_is_accounted_in_full() -> None:
+    # The success reads "quiet" without the lock; a failure lands before it takes the lock.
+    clock = FakeClock()
+    breaker = make(clock, trip=FailureRate(threshold=0.75, window=10, minimum_calls=4))
+    lock = breaker._lock
+
+    class FailureFirst:
+        raced = False
+
+        def __enter__(self) -> None:
+            if not self.raced:
+                self.raced = True
+                breaker._lock = lock
+                fail(breaker)
+            lock.__enter__()
+
+        def __exit__(self, *exc: object) -> None:
+            lock.__exit__(*exc)
+
+    breaker._lock = FailureFirst()  # type: ignore[assignment]
+    succeed(breaker)
+    assert breaker.fail_counter == 0  # the success came last: pybreaker's count was reset
+    fail(breaker, 2)  # 3 failures of 4 calls: the racing success was counted once
+    assert breaker.state_name == "open"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [

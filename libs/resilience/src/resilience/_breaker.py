@@ -37,12 +37,15 @@ HALF_OPEN = pybreaker.STATE_HALF_OPEN
 
 
 class TripTracker(Protocol):
-    """Per-breaker state of a trip condition."""
+    """Per-breaker state of a trip condition (called under the breaker's lock)."""
 
-    needs_successes: bool
+    @property
+    def record_success(self) -> Callable[[float], None] | None:
+        """Accounts a success at `now`; None when successes do not matter (read once)."""
+        ...
 
-    def record(self, failed: bool, now: float, consecutive_failures: int) -> bool:
-        """Account one outcome; True when the breaker should open."""
+    def record_failure(self, now: float, consecutive_failures: int) -> bool:
+        """Account one failure; True when the breaker should open."""
         ...
 
     def reset(self) -> None: ...
@@ -109,14 +112,15 @@ class AnyOf(TripCondition):
 
 
 class _ConsecutiveTracker:
-    __slots__ = ("needs_successes", "threshold")
+    __slots__ = ("record_success", "threshold")
 
     def __init__(self, threshold: int) -> None:
         self.threshold = threshold
-        self.needs_successes = False  # pybreaker resets its own counter on success
+        # pybreaker resets its own counter on success.
+        self.record_success: Callable[[float], None] | None = None
 
-    def record(self, failed: bool, now: float, consecutive_failures: int) -> bool:
-        return failed and consecutive_failures >= self.threshold
+    def record_failure(self, now: float, consecutive_failures: int) -> bool:
+        return consecutive_failures >= self.threshold
 
     def reset(self) -> None:
         pass
@@ -132,7 +136,7 @@ class _RateTracker:
         "_min",
         "_threshold",
         "_width",
-        "needs_successes",
+        "record_success",
     )
 
     def __init__(self, rate: FailureRate) -> None:
@@ -142,18 +146,27 @@ class _RateTracker:
         self._calls = [0] * _WINDOW_BUCKETS
         self._failures = [0] * _WINDOW_BUCKETS
         self._epochs = [-1] * _WINDOW_BUCKETS
-        self.needs_successes = True
+        self.record_success: Callable[[float], None] | None = self._succeeded
 
-    def record(self, failed: bool, now: float, consecutive_failures: int) -> bool:
+    def _succeeded(self, now: float) -> None:
         epoch = int(now // self._width)
         i = epoch % _WINDOW_BUCKETS
         if self._epochs[i] != epoch:
-            self._epochs[i] = epoch
-            self._calls[i] = 0
-            self._failures[i] = 0
+            self._empty(i, epoch)
         self._calls[i] += 1
-        if not failed:
-            return False
+
+    def _empty(self, i: int, epoch: int) -> None:
+        """Reuse bucket `i`, which held an epoch older than the window, for `epoch`."""
+        self._epochs[i] = epoch
+        self._calls[i] = 0
+        self._failures[i] = 0
+
+    def record_failure(self, now: float, consecutive_failures: int) -> bool:
+        epoch = int(now // self._width)
+        i = epoch % _WINDOW_BUCKETS
+        if self._epochs[i] != epoch:
+            self._empty(i, epoch)
+        self._calls[i] += 1
         self._failures[i] += 1
         oldest = epoch - _WINDOW_BUCKETS + 1
         calls = failures = 0
@@ -168,23 +181,26 @@ class _RateTracker:
 
 
 class _AnyTracker:
-    __slots__ = ("_a", "_b", "needs_successes")
+    __slots__ = ("_a", "_b", "_on_success", "record_success")
 
     def __init__(self, a: TripTracker, b: TripTracker) -> None:
         self._a, self._b = a, b
-        self.needs_successes = a.needs_successes or b.needs_successes
+        # Only trackers that count successes see them; a single one is called directly.
+        self._on_success = tuple(t.record_success for t in (a, b) if t.record_success is not None)
+        self.record_success: Callable[[float], None] | None = (
+            self._both_succeeded
+            if len(self._on_success) == 2
+            else next(iter(self._on_success), None)
+        )
 
-    def record(self, failed: bool, now: float, consecutive_failures: int) -> bool:
-        if not failed:
-            # A success never trips; only trackers that count successes need to see it.
-            if self._a.needs_successes:
-                self._a.record(False, now, consecutive_failures)
-            if self._b.needs_successes:
-                self._b.record(False, now, consecutive_failures)
-            return False
+    def _both_succeeded(self, now: float) -> None:
+        for record in self._on_success:
+            record(now)
+
+    def record_failure(self, now: float, consecutive_failures: int) -> bool:
         # Both must see every failure, so no short-circuit.
-        a = self._a.record(failed, now, consecutive_failures)
-        b = self._b.record(failed, now, consecutive_failures)
+        a = self._a.record_failure(now, consecutive_failures)
+        b = self._b.record_failure(now, consecutive_failures)
         return a or b
 
     def reset(self) -> None:
@@ -241,14 +257,14 @@ class _Closed(pybreaker.CircuitClosedState):
     def on_failure(self, exc: BaseException) -> None:
         breaker = self._breaker
         assert isinstance(breaker, Breaker)
-        if breaker._tracker.record(True, breaker._clock.monotonic(), breaker.fail_counter):
+        if breaker._tracker.record_failure(breaker._clock.monotonic(), breaker.fail_counter):
             breaker.open()
 
     def on_success(self) -> None:
         breaker = self._breaker
         assert isinstance(breaker, Breaker)
-        if breaker._tracker.needs_successes:
-            breaker._tracker.record(False, breaker._clock.monotonic(), 0)
+        if breaker._record_success is not None:
+            breaker._record_success(breaker._clock.monotonic())
 
 
 class _Open(pybreaker.CircuitOpenState):
@@ -294,10 +310,14 @@ class Breaker(pybreaker.CircuitBreaker):
         # Set before super().__init__, which builds the first state through _create_new_state.
         self._clock = clock
         self._tracker = options.trip.tracker()
+        self._record_success = self._tracker.record_success
         self._half_open_max = options.half_open_max_calls
         self._probes = 0
         self._opened_mono = 0.0
         self._is_closed = True
+        # Closed with no failure counted: a success only feeds the trip window. Kept
+        # under the lock by every state change and recorded outcome; read without it.
+        self._quiet = True
         listeners = [_StateListener(on_state_change)] if on_state_change else []
         threshold = options.trip.threshold if isinstance(options.trip, ConsecutiveFailures) else 0
         super().__init__(
@@ -317,6 +337,8 @@ class Breaker(pybreaker.CircuitBreaker):
     ) -> pybreaker.CBStateType:
         state = _STATES[new_state](self, prev_state=prev_state, notify=notify)
         self._is_closed = new_state == CLOSED
+        # pybreaker resets the failure count when it closes with notify, not on start-up.
+        self._quiet = self._is_closed and self._state_storage.counter == 0
         if new_state != OPEN:
             self._probes = 0
         if new_state == CLOSED and notify:
@@ -364,17 +386,20 @@ class Breaker(pybreaker.CircuitBreaker):
 
         `now` is the caller's `clock.monotonic()` reading, if it has one (saves a clock read).
         """
-        if self._is_closed and not probe and failed is False and self._state_storage.counter == 0:
+        if self._quiet and failed is False and not probe:
             # Happy path. pybreaker's _handle_success would reset a zero counter, call
             # on_success (which feeds the trip tracker) and notify listeners of nothing we
             # subscribe to: do only the tracker part, and take no lock if it needs nothing.
-            if self._tracker.needs_successes:
-                if now is None:
-                    now = self._clock.monotonic()
-                with self._lock:
-                    if self._is_closed:
-                        self._tracker.record(False, now, 0)
-            return
+            record_success = self._record_success
+            if record_success is None:
+                return
+            if now is None:
+                now = self._clock.monotonic()
+            with self._lock:
+                if self._quiet:
+                    record_success(now)
+                    return
+            # A failure was recorded meanwhile: account this success in full, below.
         with self._lock:
             if probe:
                 self._probes -= 1
@@ -387,3 +412,4 @@ class Breaker(pybreaker.CircuitBreaker):
                 state._handle_error(_FAILURE, reraise=False)
             else:
                 state._handle_success()
+            self._quiet = self._is_closed and self._state_storage.counter == 0
