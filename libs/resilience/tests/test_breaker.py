@@ -203,6 +203,20 @@ def test_successes_feed_every_rate_window_of_a_combination() -> None:
     assert breaker.state_name == "open"
 
 
+def test_a_late_reading_of_the_clock_counts_in_its_own_bucket() -> None:
+    # Buckets are 1 s wide; the newest is kept, an outcome read earlier goes where it belongs.
+    clock = FakeClock(1000.5)
+    breaker = make(clock, trip=FailureRate(threshold=0.5, window=10, minimum_calls=4))
+    breaker.record(False, False, 1000.5)
+    breaker.record(False, False, 1001.5)
+    breaker.record(False, False, 1000.9)  # a thread that read the clock before the last one
+    clock.now = 1010.2  # the window now starts at 1001: both 1000.x successes have expired
+    fail(breaker, 2)  # 3 calls in the window (1001.5 and two failures): below the minimum
+    assert breaker.state_name == "closed"
+    fail(breaker)  # 3 failures of 4
+    assert breaker.state_name == "open"
+
+
 def test_a_success_racing_a_failure_is_accounted_in_full() -> None:
     # The success reads "quiet" without the lock; a failure lands before it takes the lock.
     clock = FakeClock()
@@ -210,17 +224,13 @@ def test_a_success_racing_a_failure_is_accounted_in_full() -> None:
     lock = breaker._lock
 
     class FailureFirst:
-        raced = False
+        def acquire(self) -> None:
+            breaker._lock = lock
+            fail(breaker)
+            lock.acquire()
 
-        def __enter__(self) -> None:
-            if not self.raced:
-                self.raced = True
-                breaker._lock = lock
-                fail(breaker)
-            lock.__enter__()
-
-        def __exit__(self, *exc: object) -> None:
-            lock.__exit__(*exc)
+        def release(self) -> None:
+            lock.release()
 
     breaker._lock = FailureFirst()  # type: ignore[assignment]
     succeed(breaker)
