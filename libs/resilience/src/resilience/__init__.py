@@ -41,6 +41,7 @@ from ._events import (
     RecordingListener,
     RetryBudgetExhausted,
     RetryScheduled,
+    SuccessListener,
 )
 from ._grpc_common import IDEMPOTENCY_KEY_FIELD, IDEMPOTENCY_KEY_HEADER, PUSHBACK_HEADER
 from ._pipeline import Pipeline
@@ -96,6 +97,7 @@ __all__ = [
     "RetryOptions",
     "RetryScheduled",
     "Rng",
+    "SuccessListener",
     "SystemClock",
     "ThrottleOptions",
     "TripCondition",
