@@ -12,6 +12,10 @@ Reported per scenario: the headline pipeline/bare median-latency and throughput 
 <= x1.06 and >= x0.95), the library-only ratios pipeline/(bare+deadline), and client CPU per call.
 
     python -m bench resilience [--quick] [--rounds N] [--block N] [--api sync|aio] [--in-flight N]
+
+For instruction counts, `python -m bench.resilience_bench --calls VARIANT N` makes N sync calls
+of one variant (bare, bare+deadline, pipeline, pipeline-no-listener) one at a time, to run under
+`valgrind --tool=callgrind` at two values of N (the server runs outside valgrind).
 """
 
 from __future__ import annotations
@@ -310,8 +314,36 @@ def main() -> None:
     )
 
 
+def _serial_calls(variant: str, n: int) -> None:
+    """N sync calls of one variant after 50 warm-up calls, one at a time (see the docstring)."""
+    proc, address = _start_server()
+    try:
+        policy = _policy()
+        channel = grpc.insecure_channel(address)
+        if variant in ("pipeline", "pipeline-no-listener"):
+            listeners: list[resilience.Listener] = []
+            if variant == "pipeline":
+                listeners.append(resilience.PrometheusListener(registry=CollectorRegistry()))
+            channel = resilience.intercept_channel(
+                channel, target=address, policy=policy, listeners=listeners
+            )
+        call = channel.unary_unary(METHOD)
+        if variant == "bare+deadline":
+            call = functools.partial(call, timeout=_attempt_timeout(policy))
+        elif variant not in ("bare", "pipeline", "pipeline-no-listener"):
+            raise SystemExit(f"unknown variant {variant!r}")
+        for _ in range(50 + n):
+            call(PAYLOAD)
+        channel.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--serve"]:
         asyncio.run(_serve())
+    elif sys.argv[1:2] == ["--calls"] and len(sys.argv) == 4:
+        _serial_calls(sys.argv[2], int(sys.argv[3]))
     else:
         main()
