@@ -99,11 +99,18 @@ def main() -> None:
     parser.add_argument("--block", type=float, default=2.0, help="seconds per A/B block")
     parser.add_argument("--rounds", type=int, default=3, help="A/B blocks per level")
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s blocks")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="extra stack setting"
+    )
+    parser.add_argument(
+        "--in-flight", type=int, action="append", help="levels to run (default 1, 16, 64)"
+    )
     args = parser.parse_args()
     block_s, rounds = (1.0, 1) if args.quick else (args.block, args.rounds)
 
     # Enough stock that 64 in flight for the whole run never runs a SKU dry.
     env = {"INVENTORY_SEED_STOCK": "1000000"}
+    env.update(item.split("=", 1) for item in args.env)
     with (
         tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp,
         open(os.devnull, "w") as quiet,
@@ -111,8 +118,9 @@ def main() -> None:
     ):
         print(
             f"CreateOrder (1 line) vs bare Health/Check through the same Envoy; "
-            f"{rounds} alternating blocks of {block_s:.1f} s per variant and level\n"
+            f"{rounds} alternating blocks of {block_s:.1f} s per variant and level"
         )
+        print(f"stack settings: {' '.join(f'{k}={v}' for k, v in sorted(env.items()))}\n")
         print(
             "| call                   | in flight | calls/s   | p50 ms   | p99 ms   | "
             "errors     | vs bare        |"
@@ -121,7 +129,7 @@ def main() -> None:
             "|------------------------|-----------|-----------|----------|----------|"
             "------------|----------------|"
         )
-        for in_flight in IN_FLIGHT:
+        for in_flight in args.in_flight or IN_FLIGHT:
             bare, orders, confirmed = asyncio.run(
                 _measure(stack.config.edge_target, in_flight, block_s, rounds)
             )

@@ -39,7 +39,12 @@ def serve(
         payment_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, server)
 
     return build_server(
-        ServerOptions(host=settings.host, port=settings.port, metrics_port=settings.metrics_port),
+        ServerOptions(
+            host=settings.host,
+            port=settings.port,
+            metrics_port=settings.metrics_port,
+            max_workers=settings.max_workers,
+        ),
         service_names=[SERVICE_NAME],
         registrations=[register],
         checks={"sqlite": store.ping},
