@@ -130,3 +130,31 @@ def test_an_expired_lease_cannot_be_extended_or_released_over_its_successor(
     assert not stale.extend()
     stale.release()
     assert client.get(successor.key) == successor.token
+
+
+def test_keep_trusts_a_fresh_confirmation_and_asks_redis_once_it_is_old(
+    client: redis.Redis,
+) -> None:
+    now = [100.0]
+    leases = Leases(client, lease_ms=10_000, recheck_s=1.0, monotonic=lambda: now[0])
+    lease = leases.lease("ord_1")
+    assert lease.acquire()
+    client.pexpire(lease.key, 5_000)
+
+    now[0] += 0.5  # confirmed half a second ago: no round trip, the term is untouched
+    assert lease.keep()
+    assert client.pttl(lease.key) <= 5_000
+
+    now[0] += 1.0  # too old to trust: renewed for a full term
+    assert lease.keep()
+    assert client.pttl(lease.key) > 5_000
+
+    client.delete(lease.key)  # lost (e.g. Redis lost its data): noticed at the next check
+    now[0] += 1.0
+    assert not lease.keep()
+    assert not lease.keep()  # and never trusted again without Redis saying so
+
+
+def test_keep_never_trusts_longer_than_a_quarter_of_the_term(client: redis.Redis) -> None:
+    leases = Leases(client, lease_ms=1_000, recheck_s=5.0)
+    assert leases.recheck_s == 0.25

@@ -69,7 +69,7 @@ class Store(Protocol):
 
 
 class Lease(Protocol):
-    def extend(self) -> bool: ...
+    def keep(self) -> bool: ...
 
 
 class Saga:
@@ -96,7 +96,7 @@ class Saga:
         Raises InvalidArgument when inventory rejects the lines (the caller undoes the order).
         """
         while order.status is Status.PENDING:
-            if not lease.extend():
+            if not lease.keep():
                 _log.warning("%s: lease lost at %s", order.order_id, order.step)
                 return order
             step = order.step
