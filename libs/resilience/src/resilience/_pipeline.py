@@ -198,23 +198,10 @@ class Pipeline:
             breaker = plan.breaker
             while True:
                 attempt += 1
-                remaining = deadline - now
-                if remaining <= 0:
-                    return adapter.local_error(ctx, self._no_time(plan, attempt, remaining, start))
-                probe = False
-                if breaker is not None:
-                    try:
-                        probe = breaker.acquire()
-                    except BreakerOpen as err:
-                        return adapter.local_error(
-                            ctx, self._breaker_open(plan, attempt, err, start)
-                        )
-                per_attempt = plan.per_attempt
-                timeout = (
-                    per_attempt
-                    if per_attempt is not None and per_attempt < remaining
-                    else remaining
-                )
+                try:
+                    timeout, probe = self._admit(plan, attempt, now, deadline, start)
+                except LocalFailure as failure:
+                    return adapter.local_error(ctx, failure)
                 try:
                     result = adapter.send(ctx, timeout, attempt)
                     status = adapter.status(result)
@@ -254,23 +241,10 @@ class Pipeline:
             breaker = plan.breaker
             while True:
                 attempt += 1
-                remaining = deadline - now
-                if remaining <= 0:
-                    return adapter.local_error(ctx, self._no_time(plan, attempt, remaining, start))
-                probe = False
-                if breaker is not None:
-                    try:
-                        probe = breaker.acquire()
-                    except BreakerOpen as err:
-                        return adapter.local_error(
-                            ctx, self._breaker_open(plan, attempt, err, start)
-                        )
-                per_attempt = plan.per_attempt
-                timeout = (
-                    per_attempt
-                    if per_attempt is not None and per_attempt < remaining
-                    else remaining
-                )
+                try:
+                    timeout, probe = self._admit(plan, attempt, now, deadline, start)
+                except LocalFailure as failure:
+                    return adapter.local_error(ctx, failure)
                 try:
                     result = await adapter.send(ctx, timeout, attempt)
                     status = await adapter.status(result)
@@ -305,20 +279,13 @@ class Pipeline:
             raise self._bulkhead_full(plan)
         try:
             start = self._now()
-            remaining = self._deadline(plan, start, caller_timeout) - start
-            if remaining <= 0:
-                raise self._no_time(plan, 1, remaining, start)
-            probe = False
-            if plan.breaker is not None:
-                try:
-                    probe = plan.breaker.acquire()
-                except BreakerOpen as err:
-                    raise self._breaker_open(plan, 1, err, start) from None
+            deadline = self._deadline(plan, start, caller_timeout)
+            timeout, probe = self._admit(plan, 1, start, deadline, start, per_attempt=False)
         except LocalFailure:
             if bulkhead is not None:
                 bulkhead.release()
             raise
-        return remaining, probe, start
+        return timeout, probe, start
 
     def close_stream(
         self, plan: Plan, probe: bool, start: float, timeout: float, code: str
@@ -366,6 +333,31 @@ class Pipeline:
         if inbound is not None and inbound - self._margin < deadline:
             deadline = inbound - self._margin
         return deadline
+
+    def _admit(
+        self,
+        plan: Plan,
+        attempt: int,
+        now: float,
+        deadline: float,
+        start: float,
+        *,
+        per_attempt: bool = True,
+    ) -> tuple[float, bool]:
+        """Before an attempt: the time it may take, and the breaker's consent (a half-open
+        probe or not). Raises the LocalFailure when the deadline is spent or the breaker open."""
+        remaining = deadline - now
+        if remaining <= 0:
+            raise self._no_time(plan, attempt, remaining, start)
+        probe = False
+        breaker = plan.breaker
+        if breaker is not None:
+            try:
+                probe = breaker.acquire()
+            except BreakerOpen as err:
+                raise self._breaker_open(plan, attempt, err, start) from None
+        limit = plan.per_attempt if per_attempt else None
+        return (limit if limit is not None and limit < remaining else remaining), probe
 
     def _succeeded(
         self, plan: Plan, probe: bool, attempt: int, sent: float, timeout: float, start: float
