@@ -63,16 +63,6 @@ class Database:
         """A connection for single-statement reads (autocommit, WAL snapshot per statement)."""
         return self._connect()
 
-    @contextmanager
-    def snapshot(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction: several statements see one consistent snapshot."""
-        conn = self._connect()
-        conn.execute("BEGIN")
-        try:
-            yield conn
-        finally:
-            conn.execute("COMMIT")
-
     def close(self) -> None:
         """Closes every thread's connection (call after the server has stopped)."""
         with self._all_lock:

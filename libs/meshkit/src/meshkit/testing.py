@@ -8,14 +8,12 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import grpc
 import redis
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from meshkit import stack
 
@@ -87,9 +85,10 @@ def _pings(server: RedisServer) -> bool:
         return False
 
 
-def wait_until(predicate: object, *, timeout_s: float, what: str, interval_s: float = 0.05) -> None:
+def wait_until(
+    predicate: Callable[[], object], *, timeout_s: float, what: str, interval_s: float = 0.05
+) -> None:
     """Polls ``predicate`` until it returns true; raises TimeoutError naming ``what``."""
-    assert callable(predicate)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
@@ -100,20 +99,7 @@ def wait_until(predicate: object, *, timeout_s: float, what: str, interval_s: fl
 
 def is_serving(target: str, service: str = "", timeout_s: float = 1.0) -> bool:
     """One gRPC health check; False on any error."""
-    with grpc.insecure_channel(target) as channel:
-        try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
-            )
-        except grpc.RpcError:
-            return False
-        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
-
-
-def tmp_data_dir(base: Path, name: str) -> Path:
-    path = base / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return stack.grpc_health(target, service, timeout_s) == "SERVING"
 
 
 def free_ports(count: int) -> list[int]:
