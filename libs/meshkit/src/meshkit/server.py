@@ -25,6 +25,7 @@ from py_grpc_prometheus.prometheus_server_interceptor import PromServerIntercept
 import resilience
 from meshkit.errors import ErrorMappingInterceptor
 from meshkit.health import Check, DependencyHealth
+from meshkit.limits import MAX_RECEIVE_MESSAGE_BYTES
 
 _log = logging.getLogger(__name__)
 
@@ -129,7 +130,11 @@ def build_server(
             ErrorMappingInterceptor(),
             *interceptors,
         ],
-        options=[("grpc.so_reuseport", 0)],
+        # Above this grpcio answers RESOURCE_EXHAUSTED before any handler runs (meshkit.limits).
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+        ],
     )
     for register in registrations:
         register(server)
