@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from inventory_service import domain
@@ -15,6 +17,7 @@ from inventory_service.domain import (
 )
 from meshkit.errors import FailedPrecondition, InvalidArgument
 from meshkit.ids import SKU_RE, new_id
+from meshkit.paging import encode_token
 
 ORDER = new_id("ord")
 
@@ -134,3 +137,66 @@ def test_total_is_quantity_times_unit_price() -> None:
         (ReservedLine("A", 2, 150), ReservedLine("B", 3, 1000)),
     )
     assert reservation.total_minor == 3300
+
+
+# --- hostile input ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sku", "description"),
+    [
+        (
+            "SKU-0001\n",
+            r"must be 1-32 characters of \[A-Z0-9-\] \(e\.g\. SKU-0001\), got 'SKU-0001\\n'",
+        ),
+        ("A" * 4000, "must be at most 32 characters, got 4000"),
+        ("\x00", r"got '\\x00'"),
+    ],
+)
+def test_parse_sku_refuses_hostile_values_without_echoing_them(sku: str, description: str) -> None:
+    with pytest.raises(InvalidArgument, match=description) as caught:
+        domain.parse_sku(sku)
+    assert _fields(caught.value) == ["sku"]
+    assert len(caught.value.message) < 120
+
+
+@pytest.mark.parametrize(
+    "raw", [new_id("res") + "\n", "res_" + "0" * 100_000, "r" * 65, "res_" + "é" * 32]
+)
+def test_parse_reservation_id_refuses_hostile_values(raw: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        domain.parse_reservation_id(raw)
+    assert _fields(caught.value) == ["reservation_id"]
+
+
+def test_parse_reserve_reads_no_further_than_the_limit() -> None:
+    lines = [("bad", 0)] * (domain.MAX_LINES + 1)
+    with pytest.raises(InvalidArgument) as caught:
+        domain.parse_reserve(ORDER + "\n", lines)
+    error = caught.value
+    assert _fields(error)[:2] == ["order_id", "lines"]
+    assert len(error.violations) + error.omitted == 2 + 2 * domain.MAX_LINES
+
+
+@pytest.mark.parametrize("quantity", [-(2**31), 2**31 - 1])
+def test_parse_reserve_refuses_extreme_quantities(quantity: int) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        domain.parse_reserve(ORDER, [("SKU-0001", quantity)])
+    assert _fields(caught.value) == ["lines[0].quantity"]
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        base64.urlsafe_b64encode(b"[" * 2000).decode(),
+        encode_token({"after": "SKU-0001\n"}),
+        encode_token({"after": "S" * 33}),
+        encode_token({"after": 1}),
+        encode_token({}),
+        "A" * 100_000,
+    ],
+)
+def test_parse_page_refuses_crafted_tokens(token: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        domain.parse_page(5, token)
+    assert _fields(caught.value) == ["page_token"]

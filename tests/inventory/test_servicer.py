@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +20,9 @@ from inventory.helpers import (
 )
 from inventory_service.domain import CATALOG
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from meshkit.errors import trailer_bytes
 from meshkit.ids import new_id
+from meshkit.limits import ERROR_TRAILER_BUDGET_BYTES, MAX_FIELD_VIOLATIONS
 
 Stub = inventory_pb2_grpc.InventoryServiceStub
 
@@ -279,3 +282,99 @@ def test_get_item_is_cached_in_redis_and_invalidated_by_reserve_and_release(
     page = inventory.stub.ListItems(inventory_pb2.ListItemsRequest(page_size=100))
     assert {item.sku: item.available for item in page.items}["SKU-0007"] == 90
     client.close()
+
+
+# --- hostile input: INVALID_ARGUMENT naming a field, small trailers, no traceback -------------
+
+
+def _assert_small(error: grpc.RpcError) -> None:
+    details_bin = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin", b"")
+    assert trailer_bytes(error.details() or "", details_bin) <= ERROR_TRAILER_BUDGET_BYTES
+
+
+def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    assert not [record.getMessage() for record in caplog.records if record.exc_info]
+
+
+@pytest.mark.parametrize("sku", ["A" * 4000, "A" * 20_000, "SKU-0001\n", "\u202eSKU"])
+def test_get_item_refuses_a_hostile_sku_in_small_trailers(
+    stub: Stub, sku: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    error = rpc_error(stub.GetItem, inventory_pb2.GetItemRequest(sku=sku))
+    _assert_invalid(error, "sku")
+    _assert_small(error)
+    _no_tracebacks(caplog)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        base64.urlsafe_b64encode(b"[" * 2000).decode(),
+        base64.urlsafe_b64encode(b'{"c":{"after":"SKU-0001"},"f":"nope"}').decode(),
+        "A" * 100_000,
+    ],
+)
+def test_list_items_refuses_a_crafted_token(
+    stub: Stub, token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _assert_invalid(
+        rpc_error(stub.ListItems, inventory_pb2.ListItemsRequest(page_token=token)), "page_token"
+    )
+    _no_tracebacks(caplog)
+
+
+@pytest.mark.parametrize("page_size", [-(2**31), 2**31 - 1])
+def test_list_items_refuses_an_extreme_page_size(stub: Stub, page_size: int) -> None:
+    error = rpc_error(stub.ListItems, inventory_pb2.ListItemsRequest(page_size=page_size))
+    _assert_invalid(error, "page_size")
+
+
+def test_reserve_refuses_ten_thousand_bad_lines_in_small_trailers(
+    inventory: Inventory, caplog: pytest.LogCaptureFixture
+) -> None:
+    request = reserve_request(order_id(), *[("bad", 0)] * 10_000)
+    error = rpc_error(inventory.stub.Reserve, request)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    fields = bad_request_fields(error)
+    assert fields[0] == "lines"
+    assert len(fields) == MAX_FIELD_VIOLATIONS + 1
+    assert fields[-1] == "request"
+    _assert_small(error)
+    _no_tracebacks(caplog)
+
+
+@pytest.mark.parametrize(
+    ("order", "field"), [(new_id("ord") + "\n", "order_id"), ("o" * 100_000, "order_id")]
+)
+def test_reserve_refuses_a_hostile_order_id(inventory: Inventory, order: str, field: str) -> None:
+    _assert_invalid(
+        rpc_error(inventory.stub.Reserve, reserve_request(order, ("SKU-0001", 1))), field
+    )
+
+
+@pytest.mark.parametrize("method", ["Commit", "Release"])
+@pytest.mark.parametrize("reservation_id", [new_id("res") + "\n", "res_" + "f" * 50_000])
+def test_commit_and_release_refuse_a_hostile_id(
+    stub: Stub, method: str, reservation_id: str
+) -> None:
+    request_type = getattr(inventory_pb2, f"{method}Request")
+    error = rpc_error(getattr(stub, method), request_type(reservation_id=reservation_id))
+    _assert_invalid(error, "reservation_id")
+    _assert_small(error)
+
+
+# A truncated field, a tag that is not one, and a string field holding bytes that are not UTF-8
+# (field 1 is a string in every request but ListItemsRequest, whose field 2 is).
+@pytest.mark.parametrize("method", ["GetItem", "ListItems", "Reserve", "Commit", "Release"])
+@pytest.mark.parametrize("payload", [b"\x12\x10ab", b"\xff\xff\xff\xff", b"utf8"])
+def test_bytes_that_are_not_the_request_are_invalid_argument(
+    inventory: Inventory, method: str, payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    if payload == b"utf8":
+        payload = (b"\x12" if method == "ListItems" else b"\x0a") + b"\x02\xff\xfe"
+    call = inventory.channel.unary_unary(f"/mesh.inventory.v1.InventoryService/{method}")
+    error = rpc_error(call, payload)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert bad_request_fields(error) == ["request"]
+    assert "is not a valid mesh.inventory.v1." in error.details()
+    _no_tracebacks(caplog)

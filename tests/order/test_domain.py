@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 
-from meshkit.errors import InvalidArgument
+from meshkit.errors import InvalidArgument, Validator
+from meshkit.ids import new_id
+from meshkit.limits import (
+    MAX_CUSTOMER_ID_LENGTH,
+    MAX_FIELD_VIOLATIONS,
+    MAX_REQUEST_ID_LENGTH,
+    MAX_SKU_LENGTH,
+)
 from order_service import domain
 from order_service.domain import (
     Line,
@@ -50,6 +60,95 @@ def test_line_count_is_bounded(count: int) -> None:
     with pytest.raises(InvalidArgument) as caught:
         validate_create("c", lines, "r")
     assert [v.field for v in caught.value.violations] == ["lines"]
+
+
+def _violations(customer_id: str, lines: list[tuple[str, int]], request_id: str) -> dict[str, str]:
+    with pytest.raises(InvalidArgument) as caught:
+        validate_create(customer_id, lines, request_id)
+    return {v.field: v.description for v in caught.value.violations}
+
+
+@pytest.mark.parametrize(
+    ("customer_id", "sku", "request_id", "field"),
+    [
+        ("alice\n", "SKU-0001", "r1", "customer_id"),
+        ("alice", "SKU-0001\n", "r1", "lines[0].sku"),
+        ("alice", "SKU-0001", "r1\n", "request_id"),
+        ("alice\x00", "SKU-0001", "r1", "customer_id"),
+        ("alice", "SKU-\uff10\uff10\uff10\uff11", "r1", "lines[0].sku"),  # fullwidth digits
+    ],
+)
+def test_a_trailing_newline_or_other_character_is_refused(
+    customer_id: str, sku: str, request_id: str, field: str
+) -> None:
+    assert set(_violations(customer_id, [(sku, 1)], request_id)) == {field}
+
+
+@pytest.mark.parametrize(
+    ("field", "limit"),
+    [
+        ("customer_id", MAX_CUSTOMER_ID_LENGTH),
+        ("request_id", MAX_REQUEST_ID_LENGTH),
+        ("lines[0].sku", MAX_SKU_LENGTH),
+    ],
+)
+def test_a_value_over_its_limit_is_refused_by_length_naming_the_limit(
+    field: str, limit: int
+) -> None:
+    value = "A" * 100_000
+    args = {"customer_id": "alice", "request_id": "r1", "lines[0].sku": "SKU-0001"}
+    args[field] = value
+    found = _violations(args["customer_id"], [(args["lines[0].sku"], 1)], args["request_id"])
+    assert found == {field: f"must be at most {limit} characters, got 100000"}
+
+
+def test_an_echoed_value_is_cut_short() -> None:
+    found = _violations("a" * 60 + "!", [("SKU-0001", 1)], "r1")
+    assert found["customer_id"].endswith("got 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'...")
+
+
+@pytest.mark.parametrize("quantity", [-(2**31), -1, 0, domain.MAX_QUANTITY + 1, 2**31 - 1])
+def test_extreme_quantities_are_refused(quantity: int) -> None:
+    assert set(_violations("alice", [("SKU-0001", quantity)], "r1")) == {"lines[0].quantity"}
+
+
+class _Recording(Sequence[tuple[str, int]]):
+    """``count`` bad lines, counting how many validation reads."""
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+        self.read = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            taken = len(range(*index.indices(self._count)))
+            self.read += taken
+            return [("bad", 0)] * taken
+        self.read += 1
+        return ("bad", 0)
+
+
+def test_a_huge_order_is_refused_from_its_first_lines() -> None:
+    lines = _Recording(10_000)
+    with pytest.raises(InvalidArgument) as caught:
+        validate_create("alice", lines, "r1")
+    assert lines.read == domain.MAX_LINES
+    error = caught.value
+    assert error.violations[0].field == "lines"
+    assert len(error.violations) == MAX_FIELD_VIOLATIONS
+    # lines, then a sku and a quantity for each line read
+    assert error.omitted == 1 + 2 * domain.MAX_LINES - MAX_FIELD_VIOLATIONS
+
+
+def test_a_valid_order_id_passes_and_a_trailing_newline_does_not() -> None:
+    order_id = new_id("ord")
+    for value, ok in [(order_id, True), (order_id + "\n", False), (order_id.upper(), False)]:
+        validator = Validator()
+        domain.check_order_id(validator, value)
+        assert validator.ok is ok, value
 
 
 def test_fingerprint_ignores_line_order_but_not_content() -> None:

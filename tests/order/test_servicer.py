@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -10,7 +13,10 @@ import pytest
 import redis
 
 from mesh.order.v1 import order_pb2
+from meshkit.errors import trailer_bytes
 from meshkit.ids import new_id
+from meshkit.limits import ERROR_TRAILER_BUDGET_BYTES, MAX_FIELD_VIOLATIONS
+from meshkit.paging import INT64_MAX, _filter_digest
 from order_service.domain import validate_create
 from order_service.server import OrderApp
 from order_service.store import Claim
@@ -198,3 +204,131 @@ def test_redis_losing_its_claims_does_not_start_a_second_saga(
 
     assert order.create("cust-1", ("SKU-0016", 1), request_id="amnesia-1") == first
     assert payments.states(first.order_id) == ["CAPTURED"]
+
+
+# --- hostile input: every answer is INVALID_ARGUMENT naming a field, small, no traceback ----
+
+
+def _invalid(call: Callable[..., object], request: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(request, timeout=5)
+    error = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    details_bin = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin", b"")
+    assert trailer_bytes(error.details() or "", details_bin) <= ERROR_TRAILER_BUDGET_BYTES
+    return error
+
+
+def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    assert not [record.getMessage() for record in caplog.records if record.exc_info]
+
+
+@pytest.mark.parametrize(
+    "order_id", [new_id("ord") + "\n", "A" * 4000, "ord_" + "0" * 100_000, "\x00" * 40]
+)
+def test_get_order_refuses_a_hostile_id(
+    order: Order, order_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    error = _invalid(order.stub.GetOrder, order_pb2.GetOrderRequest(order_id=order_id))
+    assert set(violations(error)) == {"order_id"}
+    _no_tracebacks(caplog)
+
+
+@pytest.mark.parametrize(
+    ("lines", "fields"),
+    [
+        ([("bad", 0)] * 60, None),
+        ([("bad", 0)] * 300, None),
+        ([(f"SKU-{index:05d}", 1) for index in range(10_000)], {"lines"}),
+        ([("A" * 20_000, 1)], {"lines[0].sku"}),
+        (
+            [("SKU-0001", -(2**31)), ("SKU-0002", 2**31 - 1)],
+            {"lines[0].quantity", "lines[1].quantity"},
+        ),
+    ],
+)
+def test_create_order_refuses_hostile_lines_in_small_trailers(
+    order: Order,
+    lines: list[tuple[str, int]],
+    fields: set[str] | None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    request = order_pb2.CreateOrderRequest(
+        customer_id="alice", request_id=new_id("req"), lines=proto_lines(*lines)
+    )
+    found = violations(_invalid(order.stub.CreateOrder, request))
+    if fields is None:  # more bad lines than an error lists: the rest are counted
+        assert len(found) == MAX_FIELD_VIOLATIONS + 1
+        assert found["request"].endswith("more not listed")
+    else:
+        assert set(found) == fields
+    _no_tracebacks(caplog)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("customer_id", "alice\n"), ("request_id", "r1\n"), ("customer_id", "é" * 100_000)],
+)
+def test_create_order_refuses_a_hostile_id(order: Order, field: str, value: str) -> None:
+    fields = {"customer_id": "alice", "request_id": new_id("req"), field: value}
+    request = order_pb2.CreateOrderRequest(lines=proto_lines(("SKU-0001", 1)), **fields)
+    assert set(violations(_invalid(order.stub.CreateOrder, request))) == {field}
+
+
+def _crafted_token(cursor: object, customer_id: str = "") -> str:
+    """What a client could forge knowing the token format, with a valid filter digest."""
+    payload = {"c": cursor, "f": _filter_digest(customer_id)}
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        base64.urlsafe_b64encode(b"[" * 2000).decode(),
+        _crafted_token({"t": 10**30, "id": "x"}),
+        _crafted_token({"t": 10**30, "id": new_id("ord")}),
+        _crafted_token({"t": -1, "id": new_id("ord")}),
+        _crafted_token({"t": True, "id": new_id("ord")}),
+        _crafted_token({"t": 1, "id": new_id("ord") + "\n"}),
+        _crafted_token({"t": 1, "id": 7}),
+        _crafted_token([]),
+        "A" * 100_000,
+    ],
+)
+def test_list_orders_refuses_a_crafted_page_token(
+    order: Order, token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    error = _invalid(order.stub.ListOrders, order_pb2.ListOrdersRequest(page_token=token))
+    assert set(violations(error)) == {"page_token"}
+    _no_tracebacks(caplog)
+
+
+def test_list_orders_accepts_a_crafted_token_in_range(order: Order) -> None:
+    token = _crafted_token({"t": INT64_MAX, "id": new_id("ord")}, "alice")
+    page = order.stub.ListOrders(
+        order_pb2.ListOrdersRequest(customer_id="alice", page_token=token), timeout=5
+    )
+    assert list(page.orders) == []
+
+
+@pytest.mark.parametrize("page_size", [-(2**31), -1, 101, 2**31 - 1])
+def test_list_orders_refuses_an_extreme_page_size(order: Order, page_size: int) -> None:
+    error = _invalid(order.stub.ListOrders, order_pb2.ListOrdersRequest(page_size=page_size))
+    assert set(violations(error)) == {"page_size"}
+
+
+@pytest.mark.parametrize(
+    ("method", "payload"),
+    [
+        ("CreateOrder", b"\x0a\x02\xff\xfe"),  # customer_id holding bytes that are not UTF-8
+        ("GetOrder", b"\xff\xff\xff\xff"),
+        ("ListOrders", b"\x1a\x10abc"),  # page_token cut short
+    ],
+)
+def test_bytes_that_are_not_the_request_are_invalid_argument(
+    order: Order, method: str, payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    call = order.channel.unary_unary(f"/mesh.order.v1.OrderService/{method}")
+    error = _invalid(call, payload)
+    assert violations(error) == {"request": f"is not a valid mesh.order.v1.{method}Request"}
+    _no_tracebacks(caplog)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -18,6 +19,8 @@ from payment_service.domain import (
     decline_reason,
     initial_state,
     validate_charge,
+    validate_get,
+    validate_refund,
     validate_void,
 )
 
@@ -89,6 +92,27 @@ def test_validation_names_every_bad_field_at_once() -> None:
     with pytest.raises(InvalidArgument) as raised:
         validate_void("has space", new_id("ord"))
     assert [v.field for v in raised.value.violations] == ["charge_request_id"]
+
+
+@pytest.mark.parametrize(
+    ("validate", "field"),
+    [
+        (validate_get, "payment_id"),
+        (lambda value: validate_refund(new_id("pay"), value), "request_id"),
+        (lambda value: validate_void(value, new_id("ord")), "charge_request_id"),
+        (lambda value: validate_void("c-1", value), "order_id"),
+    ],
+)
+@pytest.mark.parametrize("suffix", ["\n", "\x00", "A" * 100_000])
+def test_an_id_with_anything_after_it_is_refused_without_being_echoed(
+    validate: Callable[[str], None], field: str, suffix: str
+) -> None:
+    good = {"payment_id": new_id("pay"), "order_id": new_id("ord")}.get(field, "r-1")
+    validate(good)
+    with pytest.raises(InvalidArgument) as raised:
+        validate(good + suffix)
+    assert [v.field for v in raised.value.violations] == [field]
+    assert len(raised.value.message) < 160
 
 
 def test_fault_rate_zero_never_fails_and_never_draws() -> None:

@@ -9,7 +9,9 @@ import pytest
 
 from mesh.common.v1 import money_pb2
 from mesh.payment.v1 import payment_pb2
+from meshkit.errors import trailer_bytes
 from meshkit.ids import new_id
+from meshkit.limits import ERROR_TRAILER_BUDGET_BYTES
 
 from .conftest import Payments, charge_request, row_count, violations
 
@@ -319,3 +321,99 @@ def test_void_of_another_orders_charge_is_refused(payments: Payments) -> None:
     assert "charge_request_id" in (error.details() or "")
     got = payments.stub.Charge(request, timeout=5)
     assert got.state == CAPTURED
+
+
+# --- hostile input: INVALID_ARGUMENT naming a field, small trailers, no traceback -------------
+
+
+def _assert_small(error: grpc.RpcError) -> None:
+    details_bin = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin", b"")
+    assert trailer_bytes(error.details() or "", details_bin) <= ERROR_TRAILER_BUDGET_BYTES
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"order_id": new_id("ord") + "\n"}, "order_id"),
+        ({"customer_id": "alice\n"}, "customer_id"),
+        ({"customer_id": "é" * 100_000}, "customer_id"),
+        ({"request_id": "r-1\n"}, "request_id"),
+        ({"request_id": "%" * 100_000}, "request_id"),
+        (
+            {"amount": money_pb2.Money(currency_code="USD\n", amount_minor=5)},
+            "amount.currency_code",
+        ),
+        (
+            {"amount": money_pb2.Money(currency_code="U" * 50_000, amount_minor=5)},
+            "amount.currency_code",
+        ),
+        (
+            {"amount": money_pb2.Money(currency_code="USD", amount_minor=-(2**63))},
+            "amount.amount_minor",
+        ),
+    ],
+)
+def test_charge_refuses_hostile_input(
+    payments: Payments, overrides: dict[str, object], field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    error = _rejects(payments.stub.Charge, charge_request(**overrides))
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert set(violations(error)) == {field}
+    _assert_small(error)
+    assert not [r for r in caplog.records if r.exc_info]
+    assert row_count(payments.settings.data_dir) == 0
+
+
+def test_charge_of_the_largest_amount_is_an_ordinary_charge(payments: Payments) -> None:
+    largest = money_pb2.Money(currency_code="USD", amount_minor=2**63 - 1)
+    payment = payments.stub.Charge(charge_request(amount=largest), timeout=5)
+    assert payment.state == CAPTURED
+    assert payment.amount == largest
+
+
+@pytest.mark.parametrize("payment_id", [new_id("pay") + "\n", "pay_" + "0" * 100_000, "\x00"])
+def test_get_payment_and_refund_refuse_a_hostile_id(payments: Payments, payment_id: str) -> None:
+    for error in (
+        _rejects(payments.stub.GetPayment, payment_pb2.GetPaymentRequest(payment_id=payment_id)),
+        _rejects(
+            payments.stub.Refund, payment_pb2.RefundRequest(payment_id=payment_id, request_id="r")
+        ),
+    ):
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert set(violations(error)) == {"payment_id"}
+        _assert_small(error)
+
+
+@pytest.mark.parametrize(
+    ("request_", "fields"),
+    [
+        (
+            payment_pb2.VoidChargeRequest(charge_request_id="c-1\n", order_id=new_id("ord")),
+            {"charge_request_id"},
+        ),
+        (
+            payment_pb2.VoidChargeRequest(charge_request_id="c" * 20_000, order_id="o" * 20_000),
+            {"charge_request_id", "order_id"},
+        ),
+    ],
+)
+def test_void_charge_refuses_hostile_ids(
+    payments: Payments, request_: payment_pb2.VoidChargeRequest, fields: set[str]
+) -> None:
+    error = _rejects(payments.stub.VoidCharge, request_)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert set(violations(error)) == fields
+    _assert_small(error)
+
+
+@pytest.mark.parametrize("method", ["Charge", "Refund", "GetPayment", "VoidCharge"])
+@pytest.mark.parametrize("payload", [b"\x0a\x02\xff\xfe", b"\xff\xff\xff\xff", b"\x12\x10ab"])
+def test_bytes_that_are_not_the_request_are_invalid_argument(
+    payments: Payments, method: str, payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{payments.running.port}") as channel:
+        call = channel.unary_unary(f"/mesh.payment.v1.PaymentService/{method}")
+        error = _rejects(call, payload)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert set(violations(error)) == {"request"}
+    assert not [r for r in caplog.records if r.exc_info]

@@ -10,17 +10,16 @@ import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from meshkit.errors import FailedPrecondition, InvalidArgument, Validator
-from meshkit.ids import SKU_RE, id_pattern
-from meshkit.paging import check_page_size, decode_token, encode_token
+from meshkit.errors import FailedPrecondition, Validator
+from meshkit.ids import SKU, resource_id
+from meshkit.limits import MAX_LINES, MAX_QUANTITY
+from meshkit.paging import check_page_size, cursor_str, decode_token, encode_token
 
 #: The catalog is priced in one currency, so a reservation total is a plain sum.
 CURRENCY = "USD"
-MAX_LINES = 50
-MAX_QUANTITY = 1000
-ORDER_ID_RE = id_pattern("ord")
+ORDER_ID = resource_id("ord")
 RESERVATION_ID_PREFIX = "res"
-RESERVATION_ID_RE = id_pattern(RESERVATION_ID_PREFIX)
+RESERVATION_ID = resource_id(RESERVATION_ID_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,53 +122,32 @@ class PageQuery:
 # --- validation -------------------------------------------------------------------------------
 
 
-def _check_sku(validator: Validator, sku: str, field: str) -> bool:
-    if not sku:
-        validator.add(field, "is required")
-        return False
-    return validator.check(
-        SKU_RE.fullmatch(sku) is not None,
-        field,
-        f"must match {SKU_RE.pattern} (e.g. SKU-0001), got {sku!r}",
-    )
-
-
 def parse_sku(sku: str, field: str = "sku") -> str:
     validator = Validator()
-    _check_sku(validator, sku, field)
+    SKU.check(validator, sku, field)
     validator.raise_if_invalid()
     return sku
 
 
 def parse_reservation_id(reservation_id: str, field: str = "reservation_id") -> str:
-    if not reservation_id:
-        raise InvalidArgument.field(field, "is required")
-    if RESERVATION_ID_RE.fullmatch(reservation_id) is None:
-        raise InvalidArgument.field(
-            field, f"must match {RESERVATION_ID_RE.pattern}, got {reservation_id!r}"
-        )
+    validator = Validator()
+    RESERVATION_ID.check(validator, reservation_id, field)
+    validator.raise_if_invalid()
     return reservation_id
 
 
 def parse_reserve(order_id: str, lines: Sequence[tuple[str, int]]) -> ReserveCommand:
-    """Validates a Reserve request; every bad field is named in one INVALID_ARGUMENT."""
+    """Validates a Reserve request; every bad field is named in one INVALID_ARGUMENT.
+
+    Reads the first ``MAX_LINES`` lines and the count: a caller may pass only
+    ``MAX_LINES + 1`` of a huge request's lines, one past the limit being enough to refuse.
+    """
     validator = Validator()
-    if not order_id:
-        validator.add("order_id", "is required")
-    else:
-        validator.check(
-            ORDER_ID_RE.fullmatch(order_id) is not None,
-            "order_id",
-            f"must match {ORDER_ID_RE.pattern}, got {order_id!r}",
-        )
-    validator.check(
-        1 <= len(lines) <= MAX_LINES,
-        "lines",
-        f"must hold 1..{MAX_LINES} lines, got {len(lines)}",
-    )
+    ORDER_ID.check(validator, order_id, "order_id")
+    validator.check(1 <= len(lines) <= MAX_LINES, "lines", f"must hold 1..{MAX_LINES} lines")
     first_index: dict[str, int] = {}
-    for index, (sku, quantity) in enumerate(lines[: MAX_LINES + 1]):
-        if _check_sku(validator, sku, f"lines[{index}].sku"):
+    for index, (sku, quantity) in enumerate(lines[:MAX_LINES]):
+        if SKU.check(validator, sku, f"lines[{index}].sku"):
             if sku in first_index:
                 validator.add(
                     f"lines[{index}].sku", f"duplicates lines[{first_index[sku]}].sku ({sku})"
@@ -191,10 +169,7 @@ def parse_page(page_size: int, page_token: str) -> PageQuery:
     validator.raise_if_invalid()
     if not page_token:
         return PageQuery(size=size, after="")
-    after = decode_token(page_token).get("after")
-    if not isinstance(after, str) or SKU_RE.fullmatch(after) is None:
-        raise InvalidArgument.field("page_token", "is not a token this service issued")
-    return PageQuery(size=size, after=after)
+    return PageQuery(size=size, after=cursor_str(decode_token(page_token), "after", SKU))
 
 
 def next_page_token(last_sku: str) -> str:

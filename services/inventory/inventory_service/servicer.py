@@ -72,7 +72,9 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         self, request: inventory_pb2.ReserveRequest, context: grpc.ServicerContext
     ) -> inventory_pb2.Reservation:
         command = domain.parse_reserve(
-            request.order_id, [(line.sku, line.quantity) for line in request.lines]
+            request.order_id,
+            # One line past the limit is enough to refuse; the rest are never looked at.
+            [(line.sku, line.quantity) for line in request.lines[: domain.MAX_LINES + 1]],
         )
         return reservation_to_proto(self._store.reserve(command))
 

@@ -16,12 +16,13 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import redis
 
 from meshkit.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, Validator
 from meshkit.ids import new_id
-from meshkit.paging import check_page_size, decode_token, encode_token
+from meshkit.paging import check_page_size, cursor_int, cursor_str, decode_token, encode_token
 from order_service import domain
 from order_service.domain import NewOrder, Order, Status
 from order_service.saga import Saga
@@ -183,11 +184,9 @@ class Orders:
         return orders[:size], token
 
 
-def _cursor(raw: dict[str, object]) -> Cursor:
-    create_time, order_id = raw.get("t"), raw.get("id")
-    if not isinstance(create_time, int) or not isinstance(order_id, str):
-        raise InvalidArgument.field("page_token", "is not a token this service issued")
-    return Cursor(create_time, order_id)
+def _cursor(raw: dict[str, Any]) -> Cursor:
+    """The token's cursor, in the ranges SQLite and the order id format take."""
+    return Cursor(cursor_int(raw, "t"), cursor_str(raw, "id", domain.ORDER_ID))
 
 
 @contextmanager

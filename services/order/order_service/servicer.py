@@ -31,7 +31,8 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     ) -> order_pb2.Order:
         new = domain.validate_create(
             request.customer_id,
-            [(line.sku, line.quantity) for line in request.lines],
+            # One line past the limit is enough to refuse; the rest are never looked at.
+            [(line.sku, line.quantity) for line in request.lines[: domain.MAX_LINES + 1]],
             request.request_id,
         )
         return to_proto(self._orders.create(new, wait_budget(context, self._max_wait_s)))

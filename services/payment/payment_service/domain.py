@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meshkit.errors import FailedPrecondition, Validator
-from meshkit.ids import CUSTOMER_ID_RE, REQUEST_ID_RE, id_pattern
+from meshkit.ids import CUSTOMER_ID, REQUEST_ID, resource_id
 
-ORDER_ID_RE = id_pattern("ord")
-PAYMENT_ID_RE = id_pattern("pay")
-CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+ORDER_ID = resource_id("ord")
+PAYMENT_ID = resource_id("pay")
+CURRENCY_RE = re.compile(r"[A-Z]{3}")
 
 #: Customers whose id starts with this are always declined, so anyone can watch an order fail.
 DECLINE_PREFIX = "decline"
@@ -77,18 +77,12 @@ class Payment:
 # --- validation -------------------------------------------------------------------------------
 
 
-def _check_id(v: Validator, value: str, pattern: re.Pattern[str], name: str, shape: str) -> None:
-    if not v.check(value != "", name, "is required"):
-        return
-    v.check(pattern.fullmatch(value) is not None, name, f"must match {shape}")
-
-
 def validate_charge(request: ChargeRequest) -> None:
     """Raises InvalidArgument naming every bad field of a Charge."""
     v = Validator()
-    _check_id(v, request.order_id, ORDER_ID_RE, "order_id", "ord_<32 hex>")
-    _check_id(v, request.customer_id, CUSTOMER_ID_RE, "customer_id", CUSTOMER_ID_RE.pattern)
-    _check_id(v, request.request_id, REQUEST_ID_RE, "request_id", REQUEST_ID_RE.pattern)
+    ORDER_ID.check(v, request.order_id, "order_id")
+    CUSTOMER_ID.check(v, request.customer_id, "customer_id")
+    REQUEST_ID.check(v, request.request_id, "request_id")
     # An unset amount reads as ("", 0), so it is reported by these two checks.
     v.check(request.amount.amount_minor > 0, "amount.amount_minor", "must be > 0")
     v.check(
@@ -101,21 +95,21 @@ def validate_charge(request: ChargeRequest) -> None:
 
 def validate_refund(payment_id: str, request_id: str) -> None:
     v = Validator()
-    _check_id(v, payment_id, PAYMENT_ID_RE, "payment_id", "pay_<32 hex>")
-    _check_id(v, request_id, REQUEST_ID_RE, "request_id", REQUEST_ID_RE.pattern)
+    PAYMENT_ID.check(v, payment_id, "payment_id")
+    REQUEST_ID.check(v, request_id, "request_id")
     v.raise_if_invalid()
 
 
 def validate_get(payment_id: str) -> None:
     v = Validator()
-    _check_id(v, payment_id, PAYMENT_ID_RE, "payment_id", "pay_<32 hex>")
+    PAYMENT_ID.check(v, payment_id, "payment_id")
     v.raise_if_invalid()
 
 
 def validate_void(charge_request_id: str, order_id: str) -> None:
     v = Validator()
-    _check_id(v, charge_request_id, REQUEST_ID_RE, "charge_request_id", REQUEST_ID_RE.pattern)
-    _check_id(v, order_id, ORDER_ID_RE, "order_id", "ord_<32 hex>")
+    REQUEST_ID.check(v, charge_request_id, "charge_request_id")
+    ORDER_ID.check(v, order_id, "order_id")
     v.raise_if_invalid()
 
 
