@@ -11,7 +11,16 @@ import pytest
 from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from meshkit.ids import new_id
-from meshkit.stack import PORT_VARS, PROGRAMS, REDIS_PROGRAM, Stack, StackConfig, main, pid_alive
+from meshkit.stack import (
+    PORT_VARS,
+    PROGRAMS,
+    RECORDER_PROGRAM,
+    REDIS_PROGRAM,
+    Stack,
+    StackConfig,
+    main,
+    pid_alive,
+)
 from meshkit.testing import free_ports
 
 from .conftest import assert_all_gone
@@ -55,7 +64,12 @@ def test_make_up_starts_its_own_redis_when_none_answers_and_make_down_leaves_not
         assert main(["up"], env) == 0
         assert "started by the stack" in capsys.readouterr().out
         pids = stack.pids()
-        assert set(pids) == {"supervisord", REDIS_PROGRAM, *(p.name for p in PROGRAMS)}
+        assert set(pids) == {
+            "supervisord",
+            RECORDER_PROGRAM,
+            REDIS_PROGRAM,
+            *(p.name for p in PROGRAMS),
+        }
 
         assert main(["up"], env) == 0  # a second `make up` reports and changes nothing
         assert "already running" in capsys.readouterr().out
@@ -63,7 +77,7 @@ def test_make_up_starts_its_own_redis_when_none_answers_and_make_down_leaves_not
 
         assert main(["status"], env) == 0
         status = capsys.readouterr().out
-        for name in (REDIS_PROGRAM, *(p.name for p in PROGRAMS)):
+        for name in (RECORDER_PROGRAM, REDIS_PROGRAM, *(p.name for p in PROGRAMS)):
             assert re.search(rf"^  {name} +RUNNING +{pids[name]}  SERVING$", status, re.M), status
 
         assert main(["logs"], {**env, "LINES": "5"}) == 0

@@ -34,7 +34,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mesh.inventory.v1 import inventory_pb2
 from mesh.order.v1 import order_pb2
 from mesh.payment.v1 import payment_pb2
+from meshkit.pidrecord import (
+    RECORD_FILE,
+    SUPERVISORD,
+    PidRecord,
+    RecordedProcess,
+    cmdline,
+    read_record,
+    stop_processes,
+)
 from meshkit.settings import DEFAULT_HOST, DEFAULT_REDIS_URL, SettingsError, env_port, env_str
+from resilience import SYSTEM_CLOCK
 
 ORDER_SERVICE = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
 INVENTORY_SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name
@@ -200,6 +210,8 @@ PROGRAMS: tuple[Program, ...] = (
     Program("order", ("order_port", ORDER_SERVICE)),
 )
 REDIS_PROGRAM = "redis"
+#: The supervisor event listener that records every pid (meshkit.pidlistener).
+RECORDER_PROGRAM = "pidrecord"
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +316,11 @@ class Stack:
         return self.config.run_dir / "supervisor.sock"
 
     @property
+    def pid_record(self) -> Path:
+        """Every pid the stack started (see meshkit.pidrecord); outlives supervisord."""
+        return self.config.run_dir / RECORD_FILE
+
+    @property
     def access_log(self) -> Path:
         """Envoy writes it itself (cheaper than piping every request line through supervisord)."""
         return self.config.log_dir / "envoy-access.log"
@@ -406,15 +423,31 @@ class Stack:
 
     # -- supervisord -----------------------------------------------------------------------
     def supervisord_pid(self) -> int | None:
-        """supervisord's pid if it is running (per its pidfile), else None."""
+        """supervisord's pid if it is running, else None: the pid in its pidfile, while that is
+        still the process recorded under it (so a recycled pid does not count)."""
         try:
             pid = int(self.pidfile.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if pid_alive(pid) else None
+        recorded = self.recorded().find(SUPERVISORD, pid)
+        if recorded is not None:
+            return pid if recorded.is_alive() else None
+        # Not recorded yet (the recorder starts just after it): its command line tells.
+        ours = pid_alive(pid) and str(self.supervisor_conf) in cmdline(pid)
+        return pid if ours else None
 
     def is_running(self) -> bool:
         return self.supervisord_pid() is not None
+
+    def recorded(self) -> PidRecord:
+        return read_record(self.pid_record)
+
+    def orphans(self) -> list[RecordedProcess]:
+        """What supervisord started and still runs although supervisord does not (so empty
+        while it runs), found by the pids recorded for it."""
+        if self.is_running():
+            return []
+        return self.recorded().alive()
 
     def _rpc(self) -> Any:
         from supervisor.xmlrpc import SupervisorTransport
@@ -460,6 +493,8 @@ class Stack:
         c = self.config
         if name == REDIS_PROGRAM:
             return SERVING if redis_answers(c.redis_url) else "not answering"
+        if name == RECORDER_PROGRAM:
+            return SERVING if self.pid_record.is_file() else "no pid record written"
         if name == "envoy":
             return self.envoy_health()
         program = next((p for p in PROGRAMS if p.name == name), None)
@@ -538,7 +573,8 @@ class Stack:
     # -- lifecycle -------------------------------------------------------------------------
     def up(self) -> list[ProgramStatus]:
         """Starts everything (Redis only when nothing answers at REDIS_URL) and waits until it
-        all serves. Already running: reports status and changes nothing."""
+        all serves. Already running: reports status and changes nothing. Programs left
+        running by a supervisord that died are stopped first, then everything starts afresh."""
         c = self.config
         if self.is_running():
             self._say(
@@ -547,6 +583,11 @@ class Stack:
             statuses = self.status()
             self._say(_format_status(statuses))
             return statuses
+        orphans = self.orphans()
+        if orphans:
+            self._say("supervisord is gone but programs it started still run: stopping them")
+            self._stop_recorded(orphans)
+        self.pid_record.unlink(missing_ok=True)
         own_redis = not redis_answers(c.redis_url)
         self._check_ports_free(own_redis)
         for directory in (c.run_dir, c.log_dir, c.data_dir, c.run_dir / "conf.d"):
@@ -572,9 +613,17 @@ class Stack:
         return statuses
 
     def down(self, timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> None:
-        """Stops every program and supervisord, and waits until none of their pids is left."""
+        """Stops every program and supervisord, and waits until none of their pids is left.
+        When supervisord has died, stops what it started by the pids recorded for it."""
         if not self.is_running():
-            self._say("resilient-mesh is not running")
+            orphans = self.orphans()
+            if not orphans:
+                self._say("resilient-mesh is not running")
+                return
+            self._say("supervisord is gone but programs it started still run: stopping them")
+            self._stop_recorded(orphans)
+            self.pid_record.unlink(missing_ok=True)
+            self._say("resilient-mesh stopped")
             return
         try:
             pids = self.pids()
@@ -588,6 +637,8 @@ class Stack:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and any(pid_alive(p) for p in pids.values()):
             time.sleep(_POLL_S)
+        # What supervisord failed to stop, or no longer knew of, goes by its recorded pid.
+        self._stop_recorded(self.recorded().alive())
         left = {name: pid for name, pid in pids.items() if pid_alive(pid)}
         if left:
             # supervisord gave up on them (or died): they are ours, so kill them by pid.
@@ -596,7 +647,19 @@ class Stack:
             left = {name: pid for name, pid in left.items() if pid_alive(pid)}
             if left:
                 raise StackError(f"still running after shutdown: {left}")
+        self.pid_record.unlink(missing_ok=True)
         self._say("resilient-mesh stopped")
+
+    def _stop_recorded(self, processes: Sequence[RecordedProcess]) -> None:
+        """Stops recorded processes, each only while it is still the one recorded: supervisord
+        first (it stops the rest itself), then the programs in supervisord's stop order."""
+        if not processes:
+            return
+        ordered = sorted(processes, key=_stop_order)
+        self._say(f"stopping by recorded pid: {_format_pids(ordered)}")
+        left = stop_processes(ordered, clock=SYSTEM_CLOCK)
+        if left:
+            raise StackError(f"still running after SIGTERM and SIGKILL: {_format_pids(left)}")
 
     def restart(self, program: str) -> None:
         """``supervisorctl restart <program>``, then waits until the whole stack serves again."""
@@ -734,9 +797,34 @@ def _env_list(env: Mapping[str, str]) -> str:
 
 
 def _program_order(info: Mapping[str, Any]) -> int:
-    order = [REDIS_PROGRAM, *(p.name for p in PROGRAMS)]
-    name = str(info["name"])
+    return _start_order(str(info["name"]))
+
+
+def _start_order(name: str) -> int:
+    order = [RECORDER_PROGRAM, REDIS_PROGRAM, *(p.name for p in PROGRAMS)]
     return order.index(name) if name in order else len(order)
+
+
+def _stop_order(process: RecordedProcess) -> int:
+    # supervisord's priorities reversed: order first, Redis and the recorder last.
+    order = [
+        SUPERVISORD,
+        *(p.name for p in reversed(PROGRAMS)),
+        REDIS_PROGRAM,
+        RECORDER_PROGRAM,
+    ]
+    return order.index(process.name) if process.name in order else len(order)
+
+
+def _format_pids(processes: Sequence[RecordedProcess]) -> str:
+    return ", ".join(f"{p.name} (pid {p.pid})" for p in processes)
+
+
+def _format_orphans(processes: Sequence[RecordedProcess]) -> str:
+    rows = [f"  {'program':<12} {'state':<9} {'pid':>7}"]
+    ordered = sorted(processes, key=lambda p: _start_order(p.name))
+    rows += [f"  {p.name:<12} {'ORPHANED':<9} {p.pid:>7}" for p in ordered]
+    return "\n".join(rows)
 
 
 def _format_status(statuses: Sequence[ProgramStatus]) -> str:
@@ -804,8 +892,15 @@ def _cmd_down(stack: Stack, _args: argparse.Namespace, _env: Mapping[str, str]) 
 
 
 def _cmd_status(stack: Stack, _args: argparse.Namespace, _env: Mapping[str, str]) -> int:
+    """0: every program serves, or nothing runs; 1: something does not serve, or supervisord
+    died and left programs running (orphans)."""
     statuses = stack.status()
     if not statuses:
+        orphans = stack.orphans()
+        if orphans:
+            print("resilient-mesh: supervisord is gone, its programs still run (make down)")
+            print(_format_orphans(orphans))
+            return 1
         print("resilient-mesh is not running (make up)")
         return 0
     pid, edge = stack.supervisord_pid(), stack.config.edge_target
