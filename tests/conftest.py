@@ -1,12 +1,15 @@
-"""Fixtures shared by every test: a private redis-server for the session."""
+"""Fixtures shared by every test: a private redis-server and the mesh's certificates."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
+from meshkit.pki import ensure_certificates
+from meshkit.stack import WORKLOADS
 from meshkit.testing import RedisServer, redis_server
 
 
@@ -24,3 +27,11 @@ def redis_url(redis_proc: RedisServer) -> Iterator[str]:
     client.flushall()
     yield redis_proc.url
     client.close()
+
+
+@pytest.fixture(scope="session")
+def mesh_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A mesh CA and a certificate for every workload, as `make up` creates them."""
+    directory = tmp_path_factory.mktemp("certs")
+    ensure_certificates(directory, WORKLOADS)
+    return directory

@@ -9,18 +9,23 @@ import pytest
 from inventory_service.config import Settings
 from meshkit.settings import SettingsError
 
+PLAINTEXT = {"MESH_MTLS": "0"}
 
-def test_defaults() -> None:
-    settings = Settings.from_env({})
+
+def test_defaults(mesh_certs: Path) -> None:
+    settings = Settings.from_env({"MESH_CERTS_DIR": str(mesh_certs)})
     assert (settings.host, settings.port, settings.metrics_port) == ("127.0.0.1", 50052, 9102)
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.seed_stock == 100
     assert settings.db_path == Path("var/data").resolve() / "inventory.db"
+    assert settings.tls is not None
+    assert settings.tls.identity == "spiffe://mesh.local/inventory"
 
 
 def test_overrides(tmp_path: Path) -> None:
     settings = Settings.from_env(
         {
+            **PLAINTEXT,
             "MESH_HOST": "0.0.0.0",
             "INVENTORY_PORT": "6000",
             "INVENTORY_METRICS_PORT": "6001",
@@ -51,7 +56,7 @@ def test_overrides(tmp_path: Path) -> None:
 )
 def test_bad_value_names_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
-        Settings.from_env({name: value})
+        Settings.from_env({**PLAINTEXT, name: value})
 
 
 def test_constructor_validates(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ from meshkit.testing import free_port, is_serving, wait_until
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+    # Plaintext, so the test can call the process directly (mTLS is tested through the stack).
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "MESH_MTLS": "0", **extra}
 
 
 def test_runs_from_the_environment_and_stops_on_sigterm(tmp_path: Path, redis_url: str) -> None:

@@ -180,6 +180,8 @@ def order_env(
 ) -> dict[str, str]:
     """The environment an order process would get, pointing straight at the two services."""
     return {
+        # Straight to the services' own plaintext ports; mTLS is tested through the stack.
+        "MESH_MTLS": "0",
         "ORDER_PORT": "0",
         "ORDER_METRICS_PORT": "0",
         "DATA_DIR": str(data_dir),

@@ -9,11 +9,16 @@ import pytest
 from meshkit.settings import SettingsError
 from order_service.config import Settings
 
+PLAINTEXT = {"MESH_MTLS": "0"}
 
-def test_defaults() -> None:
-    settings = Settings.from_env({})
+
+def test_defaults(mesh_certs: Path) -> None:
+    settings = Settings.from_env({"MESH_CERTS_DIR": str(mesh_certs)})
     assert (settings.port, settings.metrics_port, settings.host) == (50051, 9101, "127.0.0.1")
-    assert settings.inventory_target == settings.payment_target == "127.0.0.1:8080"
+    # Envoy's internal listener, over mTLS as the order workload.
+    assert settings.inventory_target == settings.payment_target == "127.0.0.1:8081"
+    assert settings.tls is not None
+    assert settings.tls.identity == "spiffe://mesh.local/order"
     assert settings.call_timeout_s == 2.0
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.db_path == Path("var/data").resolve() / "order.db"
@@ -22,6 +27,7 @@ def test_defaults() -> None:
 def test_overrides(tmp_path: Path) -> None:
     settings = Settings.from_env(
         {
+            **PLAINTEXT,
             "ORDER_PORT": "6000",
             "DATA_DIR": str(tmp_path),
             "INVENTORY_TARGET": "127.0.0.1:1",
@@ -36,6 +42,7 @@ def test_overrides(tmp_path: Path) -> None:
     assert (settings.inventory_target, settings.payment_target) == ("127.0.0.1:1", "127.0.0.1:2")
     assert settings.call_timeout_s == 0.5
     assert (settings.recovery_interval_s, settings.recovery_age_s) == (1.5, 0.0)
+    assert settings.tls is None
 
 
 @pytest.mark.parametrize(
@@ -47,8 +54,14 @@ def test_overrides(tmp_path: Path) -> None:
         ({"REDIS_URL": "http://x"}, "REDIS_URL"),
         ({"PAYMENT_TARGET": "nowhere"}, "PAYMENT_TARGET"),
         ({"ORDER_LOCK_LEASE_MS": "2000"}, "ORDER_LOCK_LEASE_MS"),
+        ({"MESH_MTLS": "maybe"}, "MESH_MTLS"),
     ],
 )
 def test_bad_values_stop_start_up_naming_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
-        Settings.from_env(env)
+        Settings.from_env({**PLAINTEXT, **env})
+
+
+def test_mtls_without_certificates_stops_start_up_naming_the_directory(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"MESH_CERTS_DIR=.*cannot read ca\.pem"):
+        Settings.from_env({"MESH_CERTS_DIR": str(tmp_path)})

@@ -8,9 +8,11 @@ import pytest
 from meshkit.settings import SettingsError
 from payment_service.config import FAULT_CODES, Settings
 
+PLAINTEXT = {"MESH_MTLS": "0"}
 
-def test_defaults_match_the_documented_ports() -> None:
-    settings = Settings.from_env({})
+
+def test_defaults_match_the_documented_ports(mesh_certs: Path) -> None:
+    settings = Settings.from_env({"MESH_CERTS_DIR": str(mesh_certs)})
     assert settings.host == "127.0.0.1"
     assert (settings.port, settings.metrics_port) == (50053, 9103)
     assert settings.version == "v1"
@@ -21,11 +23,15 @@ def test_defaults_match_the_documented_ports() -> None:
         grpc.StatusCode.UNAVAILABLE,
         0,
     )
+    # v1 and v2 are two deployments of one workload: one identity.
+    assert settings.tls is not None
+    assert settings.tls.identity == "spiffe://mesh.local/payment"
 
 
 def test_every_variable_is_read(tmp_path: Path) -> None:
     settings = Settings.from_env(
         {
+            **PLAINTEXT,
             "MESH_HOST": "0.0.0.0",
             "PAYMENT_PORT": "50054",
             "PAYMENT_METRICS_PORT": "9104",
@@ -65,14 +71,14 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
 )
 def test_bad_values_stop_start_up_naming_the_variable(var: str, value: str, expected: str) -> None:
     with pytest.raises(SettingsError) as raised:
-        Settings.from_env({var: value})
+        Settings.from_env({**PLAINTEXT, var: value})
     assert str(raised.value).startswith(f"{var}=")
     assert expected in str(raised.value)
 
 
 def test_a_bad_fault_code_lists_every_allowed_code() -> None:
     with pytest.raises(SettingsError) as raised:
-        Settings.from_env({"PAYMENT_FAULT_CODE": "TEAPOT"})
+        Settings.from_env({**PLAINTEXT, "PAYMENT_FAULT_CODE": "TEAPOT"})
     assert all(code in str(raised.value) for code in FAULT_CODES)
     assert "UNAVAILABLE" in FAULT_CODES
     assert "OK" not in FAULT_CODES

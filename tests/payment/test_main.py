@@ -35,7 +35,9 @@ class Process:
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "DATA_DIR": str(data_dir), "MESH_HOST": "127.0.0.1", **extra}
+    # Plaintext, so the test can call the process directly (mTLS is tested through the stack).
+    env = {**os.environ, "DATA_DIR": str(data_dir), "MESH_HOST": "127.0.0.1", "MESH_MTLS": "0"}
+    return {**env, **extra}
 
 
 def _launch(data_dir: Path, version: str) -> Process:

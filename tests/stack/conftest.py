@@ -10,6 +10,7 @@ import pytest
 
 from meshkit.stack import Stack, pid_alive
 from meshkit.testing import running_stack
+from meshkit.tls import WorkloadTls
 
 
 def assert_all_gone(pids: Mapping[str, int]) -> None:
@@ -28,4 +29,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def edge(stack: Stack) -> Iterator[grpc.Channel]:
     """One channel to the Envoy edge, as a user's client would hold it."""
     with grpc.insecure_channel(stack.config.edge_target) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def as_order(stack: Stack) -> Iterator[grpc.Channel]:
+    """A channel to Envoy's internal listener holding the order workload's certificate: the
+    one caller RBAC lets move money and stock, as the order service itself calls."""
+    order = WorkloadTls.load(stack.config.certs_dir, "order")
+    with grpc.secure_channel(stack.config.internal_target, order.channel_credentials()) as channel:
         yield channel

@@ -1,4 +1,5 @@
-"""The payment canary at the edge: 90/10 split, the x-canary pin, weights moved live."""
+"""The payment canary on the internal listener, where the order service's Charge calls go:
+90/10 split, the x-canary pin, weights moved live."""
 
 from __future__ import annotations
 
@@ -47,9 +48,9 @@ def charge(
 
 
 def versions(
-    edge: grpc.Channel, calls: int, metadata: Sequence[tuple[str, str]] = ()
+    channel: grpc.Channel, calls: int, metadata: Sequence[tuple[str, str]] = ()
 ) -> Counter[str]:
-    stub = payment_pb2_grpc.PaymentServiceStub(edge)
+    stub = payment_pb2_grpc.PaymentServiceStub(channel)
     with ThreadPoolExecutor(max_workers=8) as pool:
         return Counter(pool.map(lambda _: charge(stub, metadata), range(calls)))
 
@@ -66,11 +67,11 @@ def charge_successes(stack: Stack) -> dict[str, int]:
 
 
 def test_payment_traffic_splits_90_10_and_envoy_counts_it_per_cluster(
-    stack: Stack, edge: grpc.Channel
+    stack: Stack, as_order: grpc.Channel
 ) -> None:
     before = charge_successes(stack)
 
-    seen = versions(edge, CALLS)
+    seen = versions(as_order, CALLS)
 
     assert set(seen) <= {"v1", "v2"}
     assert sum(seen.values()) == CALLS
@@ -83,26 +84,26 @@ def test_payment_traffic_splits_90_10_and_envoy_counts_it_per_cluster(
     assert after["payment_v2"] - before["payment_v2"] == seen["v2"]
 
 
-def test_the_canary_header_pins_every_call_to_v2(edge: grpc.Channel) -> None:
-    assert versions(edge, 200, CANARY_PIN) == Counter({"v2": 200})
+def test_the_canary_header_pins_every_call_to_v2(as_order: grpc.Channel) -> None:
+    assert versions(as_order, 200, CANARY_PIN) == Counter({"v2": 200})
 
 
-def _all_reach(edge: grpc.Channel, version: str) -> bool:
-    return versions(edge, 20) == Counter({version: 20})
+def _all_reach(channel: grpc.Channel, version: str) -> bool:
+    return versions(channel, 20) == Counter({version: 20})
 
 
-def test_weights_move_live_through_the_admin_endpoint(stack: Stack, edge: grpc.Channel) -> None:
+def test_weights_move_live_through_the_admin_endpoint(stack: Stack, as_order: grpc.Channel) -> None:
     try:
         stack.set_canary_weights(0, 100)
         # Envoy's workers pick a new runtime snapshot up asynchronously.
-        wait_until(lambda: _all_reach(edge, "v2"), timeout_s=10, what="all traffic on v2")
-        assert versions(edge, 200) == Counter({"v2": 200})
+        wait_until(lambda: _all_reach(as_order, "v2"), timeout_s=10, what="all traffic on v2")
+        assert versions(as_order, 200) == Counter({"v2": 200})
 
         stack.set_canary_weights(100, 0)
-        wait_until(lambda: _all_reach(edge, "v1"), timeout_s=10, what="all traffic on v1")
-        assert versions(edge, 200) == Counter({"v1": 200})
+        wait_until(lambda: _all_reach(as_order, "v1"), timeout_s=10, what="all traffic on v1")
+        assert versions(as_order, 200) == Counter({"v1": 200})
         # The pin still wins over a weight of 0.
-        assert versions(edge, 20, CANARY_PIN) == Counter({"v2": 20})
+        assert versions(as_order, 20, CANARY_PIN) == Counter({"v2": 20})
     finally:
         stack.set_canary_weights(90, 10)
     runtime = stack.admin_get("/runtime")

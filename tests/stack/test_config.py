@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from meshkit.pki import ensure_certificates
 from meshkit.settings import SettingsError
-from meshkit.stack import PORT_VARS, Stack, StackConfig, envoy_binary, find_root
+from meshkit.stack import PORT_VARS, WORKLOADS, Stack, StackConfig, envoy_binary, find_root
 from meshkit.testing import stack_config
 
 
@@ -17,6 +18,7 @@ def test_defaults_are_the_briefs_ports(tmp_path: Path) -> None:
     config = StackConfig.from_env({"DATA_DIR": str(tmp_path)})
     assert config.ports() == {
         "EDGE_PORT": 8080,
+        "INTERNAL_PORT": 8081,
         "ENVOY_ADMIN_PORT": 9901,
         "CATALOG_PORT": 50050,
         "ORDER_PORT": 50051,
@@ -32,6 +34,14 @@ def test_defaults_are_the_briefs_ports(tmp_path: Path) -> None:
     assert config.run_dir == find_root() / "var" / "run"
     assert config.log_dir == find_root() / "var" / "log"
     assert config.data_dir == tmp_path
+    assert config.certs_dir == find_root() / "var" / "certs"
+    assert config.mtls
+
+
+def test_mesh_mtls_zero_turns_mtls_off() -> None:
+    assert not StackConfig.from_env({"MESH_MTLS": "0"}).mtls
+    with pytest.raises(SettingsError, match="MESH_MTLS='sometimes'"):
+        StackConfig.from_env({"MESH_MTLS": "sometimes"})
 
 
 def test_every_port_is_overridable_by_its_variable() -> None:
@@ -49,11 +59,16 @@ def test_port_zero_is_rejected_because_envoy_needs_fixed_ports() -> None:
         StackConfig.from_env({"EDGE_PORT": "0"})
 
 
-def test_rendered_envoy_config_is_valid_for_the_real_envoy(tmp_path: Path) -> None:
-    config = stack_config(tmp_path, "redis://127.0.0.1:6379/0")
+@pytest.mark.parametrize("mtls", [True, False], ids=["mtls", "plaintext"])
+def test_rendered_envoy_config_is_valid_for_the_real_envoy(tmp_path: Path, mtls: bool) -> None:
+    config = stack_config(tmp_path, "redis://127.0.0.1:6379/0", mtls=mtls)
     config.log_dir.mkdir()
+    ensure_certificates(config.certs_dir, WORKLOADS)
     rendered = tmp_path / "envoy.yaml"
-    rendered.write_text(Stack(config).envoy_yaml())
+    text = Stack(config).envoy_yaml()
+    rendered.write_text(text)
+    assert ("transport_socket" in text) is mtls
+    assert ("envoy.filters.http.rbac" in text) is mtls
     result = subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(rendered), "--disable-hot-restart"],
         capture_output=True,
@@ -76,8 +91,11 @@ def test_rendered_supervisord_config_gives_each_payment_deployment_its_own_port(
     assert 'PAYMENT_VERSION="v2"' in v2_env
     assert f'PAYMENT_PORT="{config.payment_v2_port}"' in v2_env
     shared = parser.get("supervisord", "environment")
-    assert f'PAYMENT_TARGET="127.0.0.1:{config.edge_port}"' in shared
-    assert f'INVENTORY_TARGET="127.0.0.1:{config.edge_port}"' in shared
+    # Service-to-service calls use Envoy's internal listener, never the public edge.
+    assert f'PAYMENT_TARGET="127.0.0.1:{config.internal_port}"' in shared
+    assert f'INVENTORY_TARGET="127.0.0.1:{config.internal_port}"' in shared
+    assert 'MESH_MTLS="1"' in shared
+    assert f'MESH_CERTS_DIR="{config.certs_dir}"' in shared
     for program in programs:
         assert parser.get(f"program:{program}", "stopasgroup") == "true"
         assert parser.get(f"program:{program}", "killasgroup") == "true"

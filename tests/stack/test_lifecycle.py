@@ -29,9 +29,9 @@ pytestmark = pytest.mark.stack
 
 
 def test_a_restarted_inventory_keeps_its_reservations_and_stock(
-    stack: Stack, edge: grpc.Channel
+    stack: Stack, as_order: grpc.Channel
 ) -> None:
-    inventory = inventory_pb2_grpc.InventoryServiceStub(edge)
+    inventory = inventory_pb2_grpc.InventoryServiceStub(as_order)
     request = inventory_pb2.ReserveRequest(
         order_id=new_id("ord"), lines=[money_pb2.Line(sku="SKU-0002", quantity=3)]
     )

@@ -50,6 +50,7 @@ ORDER_SERVICE = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
 CREATE_ORDER = f"{ORDER_SERVICE}/CreateOrder"
 LIST_ITEMS = f"{inventory_pb2.DESCRIPTOR.services_by_name['InventoryService'].full_name}/ListItems"
 GET_PAYMENT = f"{payment_pb2.DESCRIPTOR.services_by_name['PaymentService'].full_name}/GetPayment"
+VOID_CHARGE = f"{payment_pb2.DESCRIPTOR.services_by_name['PaymentService'].full_name}/VoidCharge"
 CANARY_PIN = ("x-canary", "always")
 
 
@@ -258,6 +259,19 @@ class ReadmeShell:
         )
         return result.stdout
 
+    def run_refused(self, command: str) -> str:
+        """Runs a recipe the README shows failing; returns grpcurl's error output."""
+        result = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-c", command],
+            env=self._env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            check=False,
+        )
+        assert result.returncode != 0, f"succeeded: {command}\nstdout: {result.stdout}"
+        return result.stderr
+
     def readme_order(self) -> dict[str, Any]:
         """The answer to the README's first CreateOrder recipe, run once for this module."""
         if self._order is None:
@@ -330,12 +344,22 @@ def check_get_payment(shell: ReadmeShell, command: str, call: GrpcurlCall) -> No
         assert sum(deltas.values()) == 1, deltas
 
 
+def check_refused_at_the_edge(shell: ReadmeShell, command: str, call: GrpcurlCall) -> None:
+    method = call.target.rsplit("/", 1)[1]
+    before = payment_handled(shell.stack, method)
+    error = shell.run_refused(command)
+    assert "Code: PermissionDenied" in error, error
+    assert payment_handled(shell.stack, method) == before, "a backend saw the call"
+
+
 CHECKS: dict[str, Check] = {
     "list": check_list,
     "describe": check_describe,
     LIST_ITEMS: check_list_items,
     CREATE_ORDER: check_create_order,
     GET_PAYMENT: check_get_payment,
+    # What moves money is the order service's alone, on the internal listener.
+    VOID_CHARGE: check_refused_at_the_edge,
 }
 
 

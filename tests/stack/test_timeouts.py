@@ -1,4 +1,4 @@
-"""The edge honours the caller's deadline instead of Envoy's 15 s default route timeout."""
+"""Envoy honours the caller's deadline instead of its 15 s default route timeout."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from mesh.common.v1 import money_pb2
 from mesh.payment.v1 import payment_pb2, payment_pb2_grpc
 from meshkit.ids import new_id
 from meshkit.testing import running_stack
+from meshkit.tls import WorkloadTls
 
 pytestmark = pytest.mark.stack
 
@@ -25,10 +26,10 @@ def test_a_call_slower_than_envoys_default_route_timeout_completes_within_its_de
     # grpc-timeout; without it this call would end UNAVAILABLE ("upstream request timeout")
     # at 15 s although its deadline is 30 s.
     env = {"PAYMENT_LATENCY_MS": str(SLOW_CHARGE_MS)}
-    with (
-        running_stack(tmp_path, env) as stack,
-        grpc.insecure_channel(stack.config.edge_target) as channel,
-    ):
+    with running_stack(tmp_path, env) as stack:
+        order = WorkloadTls.load(stack.config.certs_dir, "order")
+        # Charge is the order service's to call, on the internal listener.
+        channel = grpc.secure_channel(stack.config.internal_target, order.channel_credentials())
         payment = payment_pb2_grpc.PaymentServiceStub(channel).Charge(
             payment_pb2.ChargeRequest(
                 order_id=new_id("ord"),
@@ -38,4 +39,5 @@ def test_a_call_slower_than_envoys_default_route_timeout_completes_within_its_de
             ),
             timeout=30,
         )
+        channel.close()
     assert payment.state == payment_pb2.PAYMENT_STATE_CAPTURED

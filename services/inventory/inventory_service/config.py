@@ -18,6 +18,7 @@ from meshkit.settings import (
     env_str,
     redis_url,
 )
+from meshkit.tls import WorkloadTls, workload_tls
 
 DEFAULT_PORT = 50052
 DEFAULT_METRICS_PORT = 9102
@@ -49,6 +50,8 @@ class Settings:
     seed_stock: int = DEFAULT_SEED_STOCK
     cache_ttl_s: int = DEFAULT_CACHE_TTL_S
     redis_backoff_s: float = DEFAULT_REDIS_BACKOFF_S
+    #: Serve only mTLS, as spiffe://mesh.local/inventory; None serves plaintext (MESH_MTLS=0).
+    tls: WorkloadTls | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_workers <= MAX_MAX_WORKERS:
@@ -92,4 +95,5 @@ class Settings:
             redis_backoff_s=env_float(
                 "INVENTORY_REDIS_BACKOFF_S", DEFAULT_REDIS_BACKOFF_S, lo=0, hi=60, env=env
             ),
+            tls=workload_tls("inventory", env),
         )

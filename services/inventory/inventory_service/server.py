@@ -32,6 +32,7 @@ def serve(settings: Settings) -> RunningServer:
             port=settings.port,
             metrics_port=settings.metrics_port,
             max_workers=settings.max_workers,
+            tls=settings.tls,
         ),
         service_names=[SERVICE_NAME],
         registrations=[

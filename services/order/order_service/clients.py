@@ -35,14 +35,20 @@ def open_channel(
     *,
     target: str,
     policy: resilience.ClientPolicy,
+    credentials: grpc.ChannelCredentials | None = None,
     listeners: Sequence[resilience.Listener] = (),
 ) -> grpc.Channel:
-    """A channel to ``address`` (Envoy by default) for the logical ``target`` ("inventory").
+    """A channel to ``address`` (Envoy's internal listener by default) for the logical
+    ``target`` ("inventory"), over mTLS when ``credentials`` are given.
 
     Every outbound channel is made here, and every one runs the resilience pipeline: bulkhead,
     deadline, retry with budget, circuit breaker, per-attempt timeout (libs/resilience).
     """
-    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    channel = (
+        grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        if credentials is None
+        else grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    )
     return resilience.intercept_channel(channel, target=target, policy=policy, listeners=listeners)
 
 

@@ -20,11 +20,13 @@ from meshkit.settings import (
     env_str,
     redis_url,
 )
+from meshkit.tls import WorkloadTls, workload_tls
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9101
-#: Service-to-service calls go through Envoy (as a sidecar would) so the payment canary applies.
-DEFAULT_TARGET = "127.0.0.1:8080"
+#: Service-to-service calls go through Envoy's internal listener (as through a sidecar), so
+#: mTLS, RBAC and the payment canary apply to them.
+DEFAULT_TARGET = "127.0.0.1:8081"
 DEFAULT_CALL_TIMEOUT_MS = 2_000
 DEFAULT_RECOVERY_INTERVAL_S = 5.0
 DEFAULT_RECOVERY_AGE_S = 5.0
@@ -50,6 +52,8 @@ class Settings:
     lock_lease_ms: int = DEFAULT_LOCK_LEASE_MS
     duplicate_wait_s: float = DEFAULT_DUPLICATE_WAIT_S
     max_workers: int = DEFAULT_MAX_WORKERS
+    #: mTLS as spiffe://mesh.local/order: serving, and calling Envoy's internal listener.
+    tls: WorkloadTls | None = None
     #: Deadlines, retries, breakers and bulkheads of the outbound channels (validated at start-up).
     policy: resilience.ClientPolicy = field(default_factory=lambda: load_outbound_policy({}))
 
@@ -108,6 +112,7 @@ class Settings:
             ),
             max_workers=env_int("ORDER_MAX_WORKERS", DEFAULT_MAX_WORKERS, lo=1, hi=1_024, env=env),
             policy=load_outbound_policy(env),
+            tls=workload_tls("order", env),
         )
 
 

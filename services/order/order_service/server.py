@@ -51,11 +51,20 @@ def build_app(settings: Settings) -> OrderApp:
     db = Database(settings.db_path, SCHEMA)
     client = connect(settings.redis_url)
     listeners = [resilience_metrics()]
+    credentials = None if settings.tls is None else settings.tls.channel_credentials()
     inventory_channel = open_channel(
-        settings.inventory_target, target="inventory", policy=settings.policy, listeners=listeners
+        settings.inventory_target,
+        target="inventory",
+        policy=settings.policy,
+        credentials=credentials,
+        listeners=listeners,
     )
     payment_channel = open_channel(
-        settings.payment_target, target="payment", policy=settings.policy, listeners=listeners
+        settings.payment_target,
+        target="payment",
+        policy=settings.policy,
+        credentials=credentials,
+        listeners=listeners,
     )
     store = OrderStore(db)
     claims = Claims(client)
@@ -95,6 +104,7 @@ def serve(settings: Settings) -> RunningServer:
             port=settings.port,
             metrics_port=settings.metrics_port,
             max_workers=settings.max_workers,
+            tls=settings.tls,
         ),
         service_names=[SERVICE_NAME],
         registrations=[lambda s: order_pb2_grpc.add_OrderServiceServicer_to_server(servicer, s)],

@@ -18,6 +18,7 @@ from meshkit.settings import (
     env_port,
     env_str,
 )
+from meshkit.tls import WorkloadTls, workload_tls
 
 DEFAULT_PORT = 50053
 DEFAULT_METRICS_PORT = 9103
@@ -58,6 +59,8 @@ class Settings:
     fault_rate: float = 0.0
     fault_code: grpc.StatusCode = DEFAULT_FAULT_CODE
     latency_ms: int = 0
+    #: Serve only mTLS, as spiffe://mesh.local/payment; None serves plaintext (MESH_MTLS=0).
+    tls: WorkloadTls | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_workers <= MAX_MAX_WORKERS:
@@ -98,4 +101,5 @@ class Settings:
                 env_str("PAYMENT_FAULT_CODE", DEFAULT_FAULT_CODE.name, env=env)
             ),
             latency_ms=env_int("PAYMENT_LATENCY_MS", 0, lo=0, hi=MAX_LATENCY_MS, env=env),
+            tls=workload_tls("payment", env),
         )

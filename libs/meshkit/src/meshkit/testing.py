@@ -111,7 +111,7 @@ def free_ports(count: int) -> list[int]:
 
 
 def stack_config(
-    base: Path, redis_url: str, env: Mapping[str, str] | None = None
+    base: Path, redis_url: str, env: Mapping[str, str] | None = None, *, mtls: bool = True
 ) -> stack.StackConfig:
     """A StackConfig like ``make up``'s, but on free ports with everything under ``base``."""
     # Any: mypy cannot tell these keys are exactly StackConfig's int port fields.
@@ -123,6 +123,8 @@ def stack_config(
         run_dir=base / "run",
         log_dir=base / "log",
         data_dir=base / "data",
+        certs_dir=base / "certs",
+        mtls=mtls,
         redis_url=redis_url,
         env=dict(env or {}),
         **ports,
@@ -131,12 +133,16 @@ def stack_config(
 
 @contextlib.contextmanager
 def running_stack(
-    base: Path, env: Mapping[str, str] | None = None, *, out: TextIO | None = None
+    base: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    mtls: bool = True,
+    out: TextIO | None = None,
 ) -> Iterator[stack.Stack]:
     """The whole mesh, started the way ``make up`` starts it, on free ports with a private
     redis-server; stopped afterwards, failing if any of its processes is left behind."""
     with redis_server() as redis_proc:
-        running = stack.Stack(stack_config(base, redis_proc.url, env), out=out)
+        running = stack.Stack(stack_config(base, redis_proc.url, env, mtls=mtls), out=out)
         try:
             running.up()
             yield running
