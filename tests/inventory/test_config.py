@@ -60,7 +60,7 @@ def test_bad_value_names_the_variable(name: str, value: str) -> None:
 
 
 def test_constructor_validates(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="seed_stock"):
+    with pytest.raises(SettingsError, match="INVENTORY_SEED_STOCK=-5"):
         Settings(data_dir=tmp_path, seed_stock=-5)
-    with pytest.raises(SettingsError, match="cache_ttl_s"):
+    with pytest.raises(SettingsError, match="INVENTORY_CACHE_TTL_S=0"):
         Settings(data_dir=tmp_path, cache_ttl_s=0)

@@ -48,7 +48,7 @@ def test_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path) -> None:
         timeout=15,
         check=False,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.decode().strip() == (
         "inventory: INVENTORY_SEED_STOCK='lots': must be an integer in 0..1000000"
     )

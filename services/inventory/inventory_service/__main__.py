@@ -5,15 +5,12 @@ from __future__ import annotations
 from inventory_service.config import Settings
 from inventory_service.server import serve
 from meshkit.server import configure_logging, run_until_signalled
-from meshkit.settings import SettingsError
+from meshkit.settings import load_or_exit
 
 
 def main() -> None:
+    settings = load_or_exit("inventory", Settings.from_env)
     configure_logging("inventory")
-    try:
-        settings = Settings.from_env()
-    except SettingsError as error:
-        raise SystemExit(f"inventory: {error}") from None
     run_until_signalled(serve(settings))
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from meshkit.server import configure_logging, run_until_signalled
+from meshkit.settings import load_or_exit
 from order_service.config import Settings
 from order_service.server import serve
 
 
 def main() -> None:
+    settings = load_or_exit("order", Settings.from_env)
     configure_logging("order")
-    run_until_signalled(serve(Settings.from_env()))
+    run_until_signalled(serve(settings))
 
 
 if __name__ == "__main__":

@@ -10,71 +10,108 @@ from pathlib import Path
 import resilience
 from mesh.inventory.v1 import inventory_pb2
 from mesh.payment.v1 import payment_pb2
-from meshkit.settings import (
-    DEFAULT_HOST,
-    SettingsError,
-    data_dir,
-    env_float,
-    env_int,
-    env_port,
-    env_str,
-    redis_url,
-)
+from meshkit import settings
+from meshkit.settings import SettingsError
 from meshkit.tls import WorkloadTls, workload_tls
 
-DEFAULT_PORT = 50051
-DEFAULT_METRICS_PORT = 9101
 #: Service-to-service calls go through Envoy's internal listener (as through a sidecar), so
 #: mTLS, RBAC and the payment canary apply to them.
 DEFAULT_TARGET = "127.0.0.1:8081"
-DEFAULT_CALL_TIMEOUT_MS = 2_000
-DEFAULT_RECOVERY_INTERVAL_S = 5.0
-DEFAULT_RECOVERY_AGE_S = 5.0
-#: Outlives a whole saga run (a few calls of DEFAULT_CALL_TIMEOUT_MS); extended before each step.
-DEFAULT_LOCK_LEASE_MS = 30_000
-#: A duplicate CreateOrder waits at most this long for the first (less if its deadline is nearer).
-DEFAULT_DUPLICATE_WAIT_S = 30.0
-DEFAULT_MAX_WORKERS = 32
+
+
+def _host_port(address: str) -> bool:
+    host, sep, port = address.rpartition(":")
+    return bool(host and sep and port.isdigit())
+
+
+PORT = settings.port("ORDER_PORT", 50051, doc="order's gRPC port (mTLS; callers use the edge)")
+METRICS_PORT = settings.port("ORDER_METRICS_PORT", 9101, doc="order's Prometheus /metrics")
+INVENTORY_TARGET = settings.text(
+    "INVENTORY_TARGET",
+    DEFAULT_TARGET,
+    doc="where order calls inventory",
+    check=_host_port,
+    allowed="host:port",
+)
+PAYMENT_TARGET = settings.text(
+    "PAYMENT_TARGET",
+    DEFAULT_TARGET,
+    doc="where order calls payment",
+    check=_host_port,
+    allowed="host:port",
+)
+CALL_TIMEOUT_MS = settings.integer(
+    "ORDER_CALL_TIMEOUT_MS",
+    2_000,
+    lo=1,
+    hi=60_000,
+    doc="deadline of each outbound call (capped by the caller's deadline)",
+)
+RECOVERY_INTERVAL_S = settings.number(
+    "ORDER_RECOVERY_INTERVAL_S",
+    5.0,
+    lo=0.01,
+    hi=86_400,
+    doc="how often recovery looks for stuck PENDING orders",
+)
+RECOVERY_AGE_S = settings.number(
+    "ORDER_RECOVERY_AGE_S", 5.0, lo=0, hi=86_400, doc="how idle a PENDING order must be"
+)
+#: Outlives a whole saga run (a few calls of ORDER_CALL_TIMEOUT_MS); the saga renews it when
+#: Redis last confirmed it over a second ago, so a runner that dies frees it within a lease.
+LOCK_LEASE_MS = settings.integer(
+    "ORDER_LOCK_LEASE_MS",
+    30_000,
+    lo=1_000,
+    hi=600_000,
+    doc="lease of the per-order saga lock (a crashed runner's orders wait this long)",
+)
+DUPLICATE_WAIT_S = settings.number(
+    "ORDER_DUPLICATE_WAIT_S",
+    30.0,
+    lo=0,
+    hi=3_600,
+    doc="how long a duplicate CreateOrder waits for the first to finish",
+)
+MAX_WORKERS = settings.integer(
+    "ORDER_MAX_WORKERS", 32, lo=1, hi=256, doc="threads serving order's calls"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    metrics_port: int | None = DEFAULT_METRICS_PORT
-    data_dir: Path
-    redis_url: str
-    inventory_target: str = DEFAULT_TARGET
-    payment_target: str = DEFAULT_TARGET
-    call_timeout_s: float = DEFAULT_CALL_TIMEOUT_MS / 1000
-    recovery_interval_s: float = DEFAULT_RECOVERY_INTERVAL_S
-    recovery_age_s: float = DEFAULT_RECOVERY_AGE_S
-    lock_lease_ms: int = DEFAULT_LOCK_LEASE_MS
-    duplicate_wait_s: float = DEFAULT_DUPLICATE_WAIT_S
-    max_workers: int = DEFAULT_MAX_WORKERS
+    host: str = settings.HOST.field()
+    port: int = PORT.field()
+    #: None: no /metrics endpoint (tests); 0: any free port.
+    metrics_port: int | None = METRICS_PORT.field()
+    data_dir: Path = settings.DATA_DIR.required()
+    redis_url: str = settings.REDIS_URL.required()
+    inventory_target: str = INVENTORY_TARGET.field()
+    payment_target: str = PAYMENT_TARGET.field()
+    call_timeout_ms: int = CALL_TIMEOUT_MS.field()
+    recovery_interval_s: float = RECOVERY_INTERVAL_S.field()
+    recovery_age_s: float = RECOVERY_AGE_S.field()
+    lock_lease_ms: int = LOCK_LEASE_MS.field()
+    duplicate_wait_s: float = DUPLICATE_WAIT_S.field()
+    max_workers: int = MAX_WORKERS.field()
     #: mTLS as spiffe://mesh.local/order: serving, and calling Envoy's internal listener.
     tls: WorkloadTls | None = None
     #: Deadlines, retries, breakers and bulkheads of the outbound channels (validated at start-up).
     policy: resilience.ClientPolicy = field(default_factory=lambda: load_outbound_policy({}))
 
     def __post_init__(self) -> None:
-        if self.call_timeout_s <= 0:
-            raise SettingsError(f"call_timeout_s must be > 0, got {self.call_timeout_s}")
-        if self.recovery_interval_s <= 0:
-            raise SettingsError(f"recovery_interval_s must be > 0, got {self.recovery_interval_s}")
-        if self.recovery_age_s < 0:
-            raise SettingsError(f"recovery_age_s must be >= 0, got {self.recovery_age_s}")
+        settings.check_fields(self)
         # The lease must outlive one step (a call plus its compensation) or a second runner
         # could take the order over while the first is still waiting on a reply.
-        if self.lock_lease_ms < 4 * self.call_timeout_s * 1000:
+        if self.lock_lease_ms < 4 * self.call_timeout_ms:
             raise SettingsError(
                 f"ORDER_LOCK_LEASE_MS={self.lock_lease_ms}: must be >= 4 x ORDER_CALL_TIMEOUT_MS "
-                f"({self.call_timeout_s * 1000:.0f})"
+                f"({self.call_timeout_ms})"
             )
-        for name in ("inventory_target", "payment_target"):
-            target: str = getattr(self, name)
-            if not target or ":" not in target:
-                raise SettingsError(f"{name.upper()}={target!r}: must be host:port")
+
+    @property
+    def call_timeout_s(self) -> float:
+        return self.call_timeout_ms / 1000
 
     @property
     def db_path(self) -> Path:
@@ -82,37 +119,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
-        return cls(
-            host=env_str("MESH_HOST", DEFAULT_HOST, env=env),
-            port=env_port("ORDER_PORT", DEFAULT_PORT, env=env),
-            metrics_port=env_port("ORDER_METRICS_PORT", DEFAULT_METRICS_PORT, env=env),
-            data_dir=data_dir(env),
-            redis_url=redis_url(env),
-            inventory_target=env_str("INVENTORY_TARGET", DEFAULT_TARGET, env=env),
-            payment_target=env_str("PAYMENT_TARGET", DEFAULT_TARGET, env=env),
-            call_timeout_s=env_int(
-                "ORDER_CALL_TIMEOUT_MS", DEFAULT_CALL_TIMEOUT_MS, lo=1, hi=60_000, env=env
-            )
-            / 1000,
-            recovery_interval_s=env_float(
-                "ORDER_RECOVERY_INTERVAL_S",
-                DEFAULT_RECOVERY_INTERVAL_S,
-                lo=0.01,
-                hi=86_400,
-                env=env,
-            ),
-            recovery_age_s=env_float(
-                "ORDER_RECOVERY_AGE_S", DEFAULT_RECOVERY_AGE_S, lo=0, hi=86_400, env=env
-            ),
-            lock_lease_ms=env_int(
-                "ORDER_LOCK_LEASE_MS", DEFAULT_LOCK_LEASE_MS, lo=1_000, hi=600_000, env=env
-            ),
-            duplicate_wait_s=env_float(
-                "ORDER_DUPLICATE_WAIT_S", DEFAULT_DUPLICATE_WAIT_S, lo=0, hi=3_600, env=env
-            ),
-            max_workers=env_int("ORDER_MAX_WORKERS", DEFAULT_MAX_WORKERS, lo=1, hi=1_024, env=env),
-            policy=load_outbound_policy(env),
-            tls=workload_tls("order", env),
+        return settings.from_env(
+            cls, env, tls=workload_tls("order", env), policy=load_outbound_policy(env)
         )
 
 

@@ -6,7 +6,7 @@ import logging
 import sys
 
 from meshkit.server import configure_logging, run_until_signalled
-from meshkit.settings import SettingsError
+from meshkit.settings import load_or_exit
 
 from .config import Settings
 from .server import serve
@@ -15,11 +15,7 @@ _log = logging.getLogger("payment_service")
 
 
 def main() -> int:
-    try:
-        settings = Settings.from_env()
-    except SettingsError as error:
-        print(f"payment: bad setting: {error}", file=sys.stderr)
-        return 2
+    settings = load_or_exit("payment", Settings.from_env)
     configure_logging(f"payment-{settings.version}")
     _log.info(
         "payment %s: data %s, fault rate %s (%s), latency %d ms",

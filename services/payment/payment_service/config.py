@@ -9,27 +9,10 @@ from pathlib import Path
 
 import grpc
 
-from meshkit.settings import (
-    DEFAULT_HOST,
-    SettingsError,
-    data_dir,
-    env_float,
-    env_int,
-    env_port,
-    env_str,
-)
+from meshkit import settings
 from meshkit.tls import WorkloadTls, workload_tls
 
-DEFAULT_PORT = 50053
-DEFAULT_METRICS_PORT = 9103
-#: Threads serving calls. `python -m bench server-model` shows a bare server is far faster with
-#: 4 threads than 32 on 2 cores (GIL contention), but `python -m bench mesh` measured no
-#: CreateOrder throughput gain from 4 here, so the default stays generous (no queueing).
-DEFAULT_MAX_WORKERS = 32
-MAX_MAX_WORKERS = 256
 VERSIONS = ("v1", "v2")
-DEFAULT_VERSION = "v1"
-DEFAULT_FAULT_CODE = grpc.StatusCode.UNAVAILABLE
 MAX_LATENCY_MS = 60_000
 DB_FILE = "payment.db"
 
@@ -37,48 +20,66 @@ DB_FILE = "payment.db"
 FAULT_CODES = tuple(code.name for code in grpc.StatusCode if code is not grpc.StatusCode.OK)
 
 
-def parse_fault_code(name: str, *, var: str = "PAYMENT_FAULT_CODE") -> grpc.StatusCode:
-    """A gRPC status name (``UNAVAILABLE``, case-insensitive) as a StatusCode; never OK."""
+def parse_fault_code(name: str) -> grpc.StatusCode:
+    """A gRPC status name (``UNAVAILABLE``, case-insensitive) as a StatusCode."""
     code = grpc.StatusCode.__members__.get(name.strip().upper())
-    if code is None or code is grpc.StatusCode.OK:
-        raise SettingsError(f"{var}={name!r}: must be one of {', '.join(FAULT_CODES)}")
+    if code is None:
+        raise ValueError(name)
     return code
+
+
+PORT = settings.port("PAYMENT_PORT", 50053, doc="this payment deployment's gRPC port")
+METRICS_PORT = settings.port(
+    "PAYMENT_METRICS_PORT", 9103, doc="this payment deployment's Prometheus /metrics"
+)
+#: `python -m bench server-model` shows a bare server is far faster with 4 threads than 32 on
+#: 2 cores (GIL contention), but `python -m bench mesh` measured no CreateOrder throughput gain
+#: from 4 here, so the default stays generous (no queueing).
+MAX_WORKERS = settings.integer(
+    "PAYMENT_MAX_WORKERS", 32, lo=1, hi=256, doc="threads serving payment's calls"
+)
+VERSION = settings.choice(
+    "PAYMENT_VERSION", "v1", VERSIONS, doc="which deployment this is (the canary is v2)"
+)
+FAULT_RATE = settings.number(
+    "PAYMENT_FAULT_RATE",
+    0.0,
+    lo=0.0,
+    hi=1.0,
+    doc="fraction of Charge calls that fail before doing anything",
+)
+FAULT_CODE = settings.Var(
+    "PAYMENT_FAULT_CODE",
+    "UNAVAILABLE",
+    "the gRPC status those calls fail with",
+    parse_fault_code,
+    lambda code: code is not grpc.StatusCode.OK,
+    "one of " + ", ".join(FAULT_CODES),
+)
+LATENCY_MS = settings.integer(
+    "PAYMENT_LATENCY_MS", 0, lo=0, hi=MAX_LATENCY_MS, doc="latency added to every Charge"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """One payment deployment (v1 or v2); both share ``data_dir/payment.db``."""
 
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
+    host: str = settings.HOST.field()
+    port: int = PORT.field()
     #: None: no /metrics endpoint (tests); 0: any free port.
-    metrics_port: int | None = DEFAULT_METRICS_PORT
-    max_workers: int = DEFAULT_MAX_WORKERS
-    version: str = DEFAULT_VERSION
-    data_dir: Path
-    fault_rate: float = 0.0
-    fault_code: grpc.StatusCode = DEFAULT_FAULT_CODE
-    latency_ms: int = 0
+    metrics_port: int | None = METRICS_PORT.field()
+    max_workers: int = MAX_WORKERS.field()
+    version: str = VERSION.field()
+    data_dir: Path = settings.DATA_DIR.required()
+    fault_rate: float = FAULT_RATE.field()
+    fault_code: grpc.StatusCode = FAULT_CODE.field()
+    latency_ms: int = LATENCY_MS.field()
     #: Serve only mTLS, as spiffe://mesh.local/payment; None serves plaintext (MESH_MTLS=0).
     tls: WorkloadTls | None = None
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_workers <= MAX_MAX_WORKERS:
-            raise SettingsError(
-                f"PAYMENT_MAX_WORKERS={self.max_workers}: must be in 1..{MAX_MAX_WORKERS}"
-            )
-        if not 0 <= self.port <= 65535:
-            raise SettingsError(f"PAYMENT_PORT={self.port}: must be in 0..65535")
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            raise SettingsError(f"PAYMENT_METRICS_PORT={self.metrics_port}: must be in 0..65535")
-        if self.version not in VERSIONS:
-            raise SettingsError(f"PAYMENT_VERSION={self.version!r}: must be one of v1, v2")
-        if not 0.0 <= self.fault_rate <= 1.0:
-            raise SettingsError(f"PAYMENT_FAULT_RATE={self.fault_rate}: must be in 0.0..1.0")
-        if self.fault_code is grpc.StatusCode.OK:
-            raise SettingsError(f"PAYMENT_FAULT_CODE='OK': must be one of {', '.join(FAULT_CODES)}")
-        if not 0 <= self.latency_ms <= MAX_LATENCY_MS:
-            raise SettingsError(f"PAYMENT_LATENCY_MS={self.latency_ms}: must be in 0..60000")
+        settings.check_fields(self)
 
     @property
     def db_path(self) -> Path:
@@ -87,19 +88,4 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         """Reads every PAYMENT_* variable; a bad value raises SettingsError naming it."""
-        return cls(
-            host=env_str("MESH_HOST", DEFAULT_HOST, env=env),
-            port=env_port("PAYMENT_PORT", DEFAULT_PORT, env=env),
-            metrics_port=env_port("PAYMENT_METRICS_PORT", DEFAULT_METRICS_PORT, env=env),
-            max_workers=env_int(
-                "PAYMENT_MAX_WORKERS", DEFAULT_MAX_WORKERS, lo=1, hi=MAX_MAX_WORKERS, env=env
-            ),
-            version=env_str("PAYMENT_VERSION", DEFAULT_VERSION, env=env),
-            data_dir=data_dir(env),
-            fault_rate=env_float("PAYMENT_FAULT_RATE", 0.0, lo=0.0, hi=1.0, env=env),
-            fault_code=parse_fault_code(
-                env_str("PAYMENT_FAULT_CODE", DEFAULT_FAULT_CODE.name, env=env)
-            ),
-            latency_ms=env_int("PAYMENT_LATENCY_MS", 0, lo=0, hi=MAX_LATENCY_MS, env=env),
-            tls=workload_tls("payment", env),
-        )
+        return settings.from_env(cls, env, tls=workload_tls("payment", env))

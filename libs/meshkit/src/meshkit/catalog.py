@@ -10,11 +10,13 @@ serves their descriptors, so ``grpcurl -plaintext 127.0.0.1:8080 list`` and
 
 from __future__ import annotations
 
-import sys
+import os
+from collections.abc import Mapping
 
 from mesh.inventory.v1 import inventory_pb2
 from mesh.order.v1 import order_pb2
 from mesh.payment.v1 import payment_pb2
+from meshkit import settings
 from meshkit.server import (
     RunningServer,
     ServerOptions,
@@ -22,7 +24,7 @@ from meshkit.server import (
     configure_logging,
     run_until_signalled,
 )
-from meshkit.settings import DEFAULT_HOST, SettingsError, env_port, env_str
+from meshkit.settings import load_or_exit
 from meshkit.tls import workload_tls
 
 MESH_SERVICES = (
@@ -30,7 +32,6 @@ MESH_SERVICES = (
     inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name,
     payment_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name,
 )
-DEFAULT_CATALOG_PORT = 50050
 
 
 def serve(options: ServerOptions) -> RunningServer:
@@ -43,16 +44,20 @@ def serve(options: ServerOptions) -> RunningServer:
     )
 
 
+CATALOG_PORT = settings.port("CATALOG_PORT", 50050, doc="the catalog's gRPC port (Envoy only)")
+
+
+def options_from_env(env: Mapping[str, str] = os.environ) -> ServerOptions:
+    return ServerOptions(
+        host=settings.HOST.read(env),
+        port=CATALOG_PORT.read(env),
+        tls=workload_tls("catalog", env),
+    )
+
+
 def main() -> None:
+    options = load_or_exit("catalog", options_from_env)
     configure_logging("catalog")
-    try:
-        options = ServerOptions(
-            host=env_str("MESH_HOST", DEFAULT_HOST),
-            port=env_port("CATALOG_PORT", DEFAULT_CATALOG_PORT),
-            tls=workload_tls("catalog"),
-        )
-    except SettingsError as error:
-        sys.exit(f"catalog: {error}")
     run_until_signalled(serve(options))
 
 

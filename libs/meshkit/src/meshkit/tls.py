@@ -18,16 +18,21 @@ from pathlib import Path
 
 import grpc
 
-from meshkit.settings import SettingsError, env_str
+from meshkit.settings import SettingsError, flag, path
 
 TRUST_DOMAIN = "mesh.local"
 #: Envoy is the one peer a backend answers (it terminates every caller's mTLS and applies RBAC).
 ENVOY = "envoy"
-DEFAULT_CERTS_DIR = "var/certs"
 CA_FILE = "ca.pem"
 
-_ON = ("1", "true", "yes", "on")
-_OFF = ("0", "false", "no", "off")
+MTLS = flag(
+    "MESH_MTLS",
+    True,
+    doc="mTLS on every hop behind the edge and RBAC on the internal listener; 0 is plaintext",
+)
+CERTS_DIR = path(
+    "MESH_CERTS_DIR", "var/certs", doc="where a workload reads the mesh CA and its certificate"
+)
 
 
 def spiffe_id(workload: str) -> str:
@@ -84,16 +89,11 @@ class WorkloadTls:
 
 
 def mtls_enabled(env: Mapping[str, str] = os.environ) -> bool:
-    raw = env_str("MESH_MTLS", "1", env=env).strip().lower()
-    if raw in _ON:
-        return True
-    if raw in _OFF:
-        return False
-    raise SettingsError(f"MESH_MTLS={raw!r}: must be 1 or 0 (true/false, on/off)")
+    return MTLS.read(env)
 
 
 def certs_dir(env: Mapping[str, str] = os.environ) -> Path:
-    return Path(env_str("MESH_CERTS_DIR", DEFAULT_CERTS_DIR, env=env)).resolve()
+    return CERTS_DIR.read(env)
 
 
 def workload_tls(workload: str, env: Mapping[str, str] = os.environ) -> WorkloadTls | None:
@@ -112,7 +112,7 @@ def peer_identity(context: grpc.ServicerContext) -> str:
     """
     for identity in context.peer_identities() or ():
         if identity.startswith(b"spiffe://"):
-            return identity.decode(errors="replace")
+            return str(identity.decode(errors="replace"))
     return ""
 
 
