@@ -17,9 +17,9 @@ from meshkit.errors import trailer_bytes
 from meshkit.ids import new_id
 from meshkit.limits import ERROR_TRAILER_BUDGET_BYTES, MAX_FIELD_VIOLATIONS
 from meshkit.paging import INT64_MAX, _filter_digest
+from order_service.claims import Claim
 from order_service.domain import validate_create
 from order_service.server import OrderApp
-from order_service.store import Claim
 
 from .conftest import SEED_STOCK, Inventory, Order, Payments, proto_lines, violations
 

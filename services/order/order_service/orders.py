@@ -24,9 +24,11 @@ from meshkit.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from meshkit.ids import new_id
 from meshkit.paging import check_page_size, cursor_int, cursor_str, decode_token, encode_token
 from order_service import domain
+from order_service.claims import Claim, Claims
 from order_service.domain import NewOrder, Order, Status
+from order_service.leases import Lease, Leases
 from order_service.saga import Saga
-from order_service.store import Claim, Claims, Cursor, DuplicateRequest, Lease, Leases, OrderStore
+from order_service.store import Cursor, DuplicateRequest, OrderStore
 
 _log = logging.getLogger(__name__)
 

@@ -16,8 +16,9 @@ import redis
 from meshkit.errors import InvalidArgument
 from order_service import domain
 from order_service.domain import Status
+from order_service.leases import Leases
 from order_service.saga import Saga
-from order_service.store import Leases, OrderStore
+from order_service.store import OrderStore
 
 _log = logging.getLogger(__name__)
 

@@ -11,13 +11,15 @@ from mesh.order.v1 import order_pb2, order_pb2_grpc
 from meshkit.redis_client import connect
 from meshkit.server import RunningServer, ServerOptions, build_server, resilience_metrics
 from meshkit.sqlite import Database
+from order_service.claims import Claims
 from order_service.clients import GrpcInventory, GrpcPayments, open_channel
 from order_service.config import Settings
+from order_service.leases import Leases
 from order_service.orders import Orders
 from order_service.recovery import Recovery
 from order_service.saga import Saga
 from order_service.servicer import OrderServicer
-from order_service.store import SCHEMA, Claims, Leases, OrderStore
+from order_service.store import SCHEMA, OrderStore
 
 SERVICE_NAME = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
 

@@ -1,22 +1,16 @@
-"""Persistence: orders in SQLite; request_id claims and per-order saga leases in Redis."""
+"""The orders table in SQLite; request_id claims and saga leases are in claims.py and leases.py."""
 
 from __future__ import annotations
 
 import json
-import logging
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-import redis
-
 from meshkit.sqlite import Database
 from order_service.domain import Line, Money, Order, Status, Step
-
-_log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -203,172 +197,3 @@ def _order(row: sqlite3.Row) -> Order:
         create_time_us=row["create_time"],
         update_time_us=row["update_time"],
     )
-
-
-# --- Redis ---------------------------------------------------------------------------------
-
-#: Deletes a key only if it still holds the caller's value, so nobody deletes what it does not own.
-#: KEYS[1] the key; ARGV[1] the value the caller set (a lease token or a claim).
-#: Returns 1 if the key was deleted, 0 if it was missing or held someone else's value.
-COMPARE_AND_DELETE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('del', KEYS[1])
-end
-return 0
-"""
-
-#: Resets a lease's time to live, only if the caller still holds it.
-#: KEYS[1] the lease key; ARGV[1] the caller's token; ARGV[2] the new time to live in ms.
-#: Returns 1 if extended, 0 if the lease expired or belongs to someone else.
-COMPARE_AND_EXTEND = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-IDEMPOTENCY_TTL_S = 86_400
-
-
-def idempotency_key(request_id: str) -> str:
-    return f"order:idem:{request_id}"
-
-
-def lease_key(order_id: str) -> str:
-    return f"order:lock:{order_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """Who owns a request_id: the order it became and the payload's fingerprint."""
-
-    order_id: str
-    fingerprint: str
-
-    def encode(self) -> bytes:
-        return f"{self.order_id}|{self.fingerprint}".encode()
-
-    @classmethod
-    def decode(cls, raw: bytes | str) -> Claim:
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        order_id, _, digest = text.partition("|")
-        return cls(order_id, digest)
-
-
-class Claims:
-    """AIP-155 request_id claims: the first CreateOrder to claim an id runs its saga."""
-
-    def __init__(self, client: redis.Redis, ttl_s: int = IDEMPOTENCY_TTL_S) -> None:
-        self._redis = client
-        self._ttl_s = ttl_s
-        self._delete = client.register_script(COMPARE_AND_DELETE)
-
-    def claim(self, request_id: str, claim: Claim) -> Claim | None:
-        """None if ``claim`` now owns request_id, else the claim that already does."""
-        key = idempotency_key(request_id)
-        while True:
-            if self._redis.set(key, claim.encode(), nx=True, ex=self._ttl_s):
-                return None
-            raw = self._redis.get(key)
-            if raw is not None:
-                return Claim.decode(raw)
-            # The holder withdrew between our SET and GET: try again.
-
-    def holder(self, request_id: str) -> Claim | None:
-        raw = self._redis.get(idempotency_key(request_id))
-        return None if raw is None else Claim.decode(raw)
-
-    def withdraw(self, request_id: str, claim: Claim) -> bool:
-        """Removes our claim (never someone else's) so the request_id can be used again."""
-        return bool(self._delete(keys=[idempotency_key(request_id)], args=[claim.encode()]))
-
-
-#: Lease.keep() trusts a confirmation this recent without asking Redis again.
-LEASE_RECHECK_S = 1.0
-
-
-class Lease:
-    """One runner's exclusive, expiring right to drive one order's saga (after redis-py's Lock).
-
-    ``SET NX PX`` with a random token takes it; only compare-then-act scripts extend or
-    release it, so a runner whose lease expired can never cut short its successor's.
-    """
-
-    def __init__(self, locks: Leases, order_id: str) -> None:
-        self._locks = locks
-        self.key = lease_key(order_id)
-        self.token = secrets.token_hex(16).encode()
-        #: When Redis last confirmed we hold it (monotonic; read before asking, so never late).
-        self._confirmed_at: float | None = None
-
-    def acquire(self) -> bool:
-        """Takes the lease if it is free; never waits. Raises redis errors (the caller decides)."""
-        asked_at = self._locks.monotonic()
-        taken = bool(self._locks.redis.set(self.key, self.token, nx=True, px=self._locks.lease_ms))
-        self._confirmed_at = asked_at if taken else None
-        return taken
-
-    def extend(self) -> bool:
-        """Renews the lease for another full term; False if it was lost (or Redis is away)."""
-        asked_at = self._locks.monotonic()
-        try:
-            extended = bool(
-                self._locks.extend_script(keys=[self.key], args=[self.token, self._locks.lease_ms])
-            )
-        except redis.RedisError as error:
-            _log.warning("could not extend %s: %s", self.key, error)
-            extended = False
-        self._confirmed_at = asked_at if extended else None
-        return extended
-
-    def keep(self) -> bool:
-        """Before each saga step: renews the lease unless Redis confirmed it very recently.
-
-        A saga runs its steps within milliseconds, so renewing before every step cost a
-        Redis round trip per step (a quarter of the order service's time under load). Within
-        ``recheck_s`` of the last confirmation the lease is certainly ours (it lasts
-        ``lease_ms``, far longer, and only our token can delete it), and a lease lost with
-        Redis's data goes unnoticed for at most ``recheck_s``, well below the idle age the
-        recovery loop waits before it takes an order over.
-        """
-        confirmed_at = self._confirmed_at
-        if confirmed_at is not None and (
-            self._locks.monotonic() - confirmed_at < self._locks.recheck_s
-        ):
-            return True
-        return self.extend()
-
-    def release(self) -> None:
-        try:
-            self._locks.delete_script(keys=[self.key], args=[self.token])
-        except redis.RedisError as error:  # it expires on its own
-            _log.warning("could not release %s: %s", self.key, error)
-
-
-class Leases:
-    """Makes per-order leases; one Redis, one lease term."""
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        lease_ms: int,
-        *,
-        recheck_s: float = LEASE_RECHECK_S,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if recheck_s < 0:
-            raise ValueError(f"recheck_s must be >= 0, got {recheck_s}")
-        self.redis = client
-        self.lease_ms = lease_ms
-        # Never trust a confirmation for more than a quarter of the lease's term.
-        self.recheck_s = min(recheck_s, lease_ms / 4000)
-        self.monotonic = monotonic
-        self.extend_script = client.register_script(COMPARE_AND_EXTEND)
-        self.delete_script = client.register_script(COMPARE_AND_DELETE)
-
-    def lease(self, order_id: str) -> Lease:
-        return Lease(self, order_id)
-
-    def held(self, order_id: str) -> bool:
-        """Whether some runner is driving this order's saga right now."""
-        return bool(self.redis.exists(lease_key(order_id)))

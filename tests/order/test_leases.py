@@ -1,0 +1,72 @@
+"""Saga leases against a real redis-server."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from meshkit.redis_client import connect
+from order_service.leases import Leases
+
+
+@pytest.fixture
+def client(redis_url: str) -> redis.Redis:
+    return connect(redis_url)
+
+
+def test_a_lease_is_exclusive_and_only_its_holder_extends_or_releases_it(
+    client: redis.Redis,
+) -> None:
+    leases = Leases(client, lease_ms=10_000)
+    first, second = leases.lease("ord_1"), leases.lease("ord_1")
+    assert first.acquire()
+    assert not second.acquire()
+    assert not second.extend()
+    second.release()  # not its lease: a no-op
+    assert client.get(first.key) == first.token
+    client.pexpire(first.key, 50)
+    assert first.extend()
+    assert 5_000 < client.pttl(first.key) <= 10_000
+    first.release()
+    assert second.acquire()
+
+
+def test_an_expired_lease_cannot_be_extended_or_released_over_its_successor(
+    client: redis.Redis,
+) -> None:
+    leases = Leases(client, lease_ms=10_000)
+    stale, successor = leases.lease("ord_1"), leases.lease("ord_1")
+    assert stale.acquire()
+    client.delete(stale.key)  # what expiry does
+    assert successor.acquire()
+    assert not stale.extend()
+    stale.release()
+    assert client.get(successor.key) == successor.token
+
+
+def test_keep_trusts_a_fresh_confirmation_and_asks_redis_once_it_is_old(
+    client: redis.Redis,
+) -> None:
+    now = [100.0]
+    leases = Leases(client, lease_ms=10_000, recheck_s=1.0, monotonic=lambda: now[0])
+    lease = leases.lease("ord_1")
+    assert lease.acquire()
+    client.pexpire(lease.key, 5_000)
+
+    now[0] += 0.5  # confirmed half a second ago: no round trip, the term is untouched
+    assert lease.keep()
+    assert client.pttl(lease.key) <= 5_000
+
+    now[0] += 1.0  # too old to trust: renewed for a full term
+    assert lease.keep()
+    assert client.pttl(lease.key) > 5_000
+
+    client.delete(lease.key)  # lost (e.g. Redis lost its data): noticed at the next check
+    now[0] += 1.0
+    assert not lease.keep()
+    assert not lease.keep()  # and never trusted again without Redis saying so
+
+
+def test_keep_never_trusts_longer_than_a_quarter_of_the_term(client: redis.Redis) -> None:
+    leases = Leases(client, lease_ms=1_000, recheck_s=5.0)
+    assert leases.recheck_s == 0.25
