@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from inventory_service.cache import ItemCache
 from inventory_service.domain import CATALOG, ReserveCommand, parse_reserve
-from inventory_service.store import SCHEMA, InventoryStore, ItemCache
+from inventory_service.store import SCHEMA, InventoryStore
 from meshkit import redis_client
 from meshkit.ids import new_id
 from meshkit.sqlite import Database

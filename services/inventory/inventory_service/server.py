@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from inventory_service.cache import ItemCache
 from inventory_service.config import Settings
 from inventory_service.domain import CATALOG
 from inventory_service.servicer import SERVICE_NAME, InventoryServicer
-from inventory_service.store import SCHEMA, InventoryStore, ItemCache
+from inventory_service.store import SCHEMA, InventoryStore
 from mesh.inventory.v1 import inventory_pb2_grpc
 from meshkit import redis_client
 from meshkit.server import RunningServer, ServerOptions, build_server
