@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from meshkit.pki import ensure_certificates
+from meshctl.pki import ensure_certificates
 from meshkit.stack import WORKLOADS
 from meshkit.testing import RedisServer, redis_server
 

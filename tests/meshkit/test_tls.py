@@ -9,7 +9,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from meshkit.pki import ensure_certificates
+from meshctl.pki import ensure_certificates
 from meshkit.server import RunningServer, ServerOptions, build_server
 from meshkit.settings import SettingsError
 from meshkit.tls import WorkloadTls, mtls_enabled, workload_tls

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from meshkit.pki import ensure_certificates
+from meshctl.pki import ensure_certificates
 from meshkit.settings import SettingsError
 from meshkit.stack import PORT_VARS, WORKLOADS, Stack, StackConfig, envoy_binary, find_root
 from meshkit.testing import stack_config

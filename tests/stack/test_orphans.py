@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from meshkit.pidrecord import stop_processes
+from meshctl.pidrecord import stop_processes
 from meshkit.stack import (
     PORT_VARS,
     PROGRAMS,

@@ -35,8 +35,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mesh.inventory.v1 import inventory_pb2
 from mesh.order.v1 import order_pb2
 from mesh.payment.v1 import payment_pb2
-from meshkit import pki, tls
-from meshkit.pidrecord import (
+from meshctl import pki
+from meshctl.pidrecord import (
     RECORD_FILE,
     SUPERVISORD,
     PidRecord,
@@ -45,6 +45,7 @@ from meshkit.pidrecord import (
     read_record,
     stop_processes,
 )
+from meshkit import tls
 from meshkit.settings import DEFAULT_HOST, DEFAULT_REDIS_URL, SettingsError, env_port, env_str
 from resilience import SYSTEM_CLOCK
 
@@ -227,7 +228,7 @@ PROGRAMS: tuple[Program, ...] = (
     Program("order", ("order_port", ORDER_SERVICE), "order"),
 )
 REDIS_PROGRAM = "redis"
-#: The supervisor event listener that records every pid (meshkit.pidlistener).
+#: The supervisor event listener that records every pid (meshctl.pidlistener).
 RECORDER_PROGRAM = "pidrecord"
 #: Every identity `up` issues a certificate for.
 WORKLOADS = tuple(dict.fromkeys(p.workload for p in PROGRAMS))
@@ -350,7 +351,7 @@ class Stack:
 
     @property
     def pid_record(self) -> Path:
-        """Every pid the stack started (see meshkit.pidrecord); outlives supervisord."""
+        """Every pid the stack started (see meshctl.pidrecord); outlives supervisord."""
         return self.config.run_dir / RECORD_FILE
 
     @property

@@ -4,7 +4,7 @@ supervisord's children outlive it when it is killed (each leads its own process 
 its pidfile and socket die with it. The record keeps each pid with the time it started
 (field 22 of ``/proc/<pid>/stat``) and the boot it started in: a pid counts as the recorded
 process only while both still match, so a recycled pid is never signalled. The supervisor
-event listener in :mod:`meshkit.pidlistener` keeps the record current; this module reads,
+event listener in :mod:`meshctl.pidlistener` keeps the record current; this module reads,
 writes and checks it, and stops what it names. Linux only (``/proc``).
 """
 

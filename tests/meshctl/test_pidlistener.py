@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from meshkit.pidlistener import run
-from meshkit.pidrecord import SUPERVISORD, RecordedProcess, read_record
+from meshctl.pidlistener import run
+from meshctl.pidrecord import SUPERVISORD, RecordedProcess, read_record
 
 
 class FakeSupervisor:

@@ -1,8 +1,8 @@
-"""Keeps the stack's pid record current: ``python -m meshkit.pidlistener <record path>``.
+"""Keeps the stack's pid record current: ``python -m meshctl.pidlistener <record path>``.
 
 supervisord runs it as an event listener subscribed to PROCESS_STATE (see
 deploy/supervisor/supervisord.conf). On every state change it asks supervisord for every
-pid, its own included, and rewrites the record (:mod:`meshkit.pidrecord`), so a program that
+pid, its own included, and rewrites the record (:mod:`meshctl.pidrecord`), so a program that
 supervisord restarts is recorded under its new pid. Asking, rather than reading the event,
 also covers STARTING, whose event carries no pid, so a program still starting when
 supervisord dies is recorded too. When supervisord is gone, stdin ends and so does the listener.
@@ -20,7 +20,7 @@ from typing import Any, Protocol, TextIO
 from supervisor import childutils
 from supervisor.xmlrpc import Faults
 
-from meshkit.pidrecord import SUPERVISORD, PidRecord, RecordedProcess, read_record, write_record
+from meshctl.pidrecord import SUPERVISORD, PidRecord, RecordedProcess, read_record, write_record
 
 
 class SupervisorRpc(Protocol):
@@ -81,7 +81,7 @@ def _update(
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m meshkit.pidlistener <record path>", file=sys.stderr)
+        print("usage: python -m meshctl.pidlistener <record path>", file=sys.stderr)
         return 2
     rpc: SupervisorRpc = childutils.getRPCInterface(os.environ).supervisor
     run(Path(argv[0]), rpc, sys.stdin, sys.stdout)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from meshkit.pki import RENEW_BEFORE, WORKLOAD_LIFETIME, ensure_certificates
+from meshctl.pki import RENEW_BEFORE, WORKLOAD_LIFETIME, ensure_certificates
 
 WORKLOADS = ("envoy", "order")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from meshkit.pidrecord import (
+from meshctl.pidrecord import (
     PidRecord,
     RecordedProcess,
     boot_id,
