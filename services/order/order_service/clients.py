@@ -19,7 +19,7 @@ from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from mesh.payment.v1 import payment_pb2, payment_pb2_grpc
 from meshkit.errors import FieldViolation
 from order_service.domain import Line, Money
-from order_service.saga import Payment, RemoteError, Reservation
+from order_service.ports import Payment, RemoteError, Reservation
 
 #: Keepalive notices a dead peer between calls; a short reconnect backoff (default max 120 s)
 #: lets the recovery loop get through soon after a restarted Envoy or service is back.

@@ -1,0 +1,68 @@
+"""The ports the saga is written against: what it needs from inventory, payment and storage.
+
+Adapters implement them (``clients`` over gRPC, ``store`` over SQLite, ``leases`` over Redis);
+tests may pass fakes. Nothing here imports grpc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from meshkit.errors import FieldViolation
+from order_service import domain
+from order_service.domain import Line, Money, Order
+
+
+class RemoteError(Exception):
+    """A call to another service failed with a gRPC status."""
+
+    def __init__(
+        self, code: str, message: str, violations: tuple[FieldViolation, ...] = ()
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.violations = violations
+
+    @property
+    def definite(self) -> bool:
+        """True when the callee certainly did nothing; otherwise the outcome is unknown."""
+        return domain.is_definite(self.code)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reservation:
+    reservation_id: str
+    state: str  # RESERVED | COMMITTED | RELEASED
+    total: Money | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Payment:
+    payment_id: str
+    state: str  # CAPTURED | DECLINED | REFUNDED | VOIDED
+    decline_reason: str = ""
+
+
+class Inventory(Protocol):
+    def reserve(self, order_id: str, lines: Sequence[Line]) -> Reservation: ...
+    def commit(self, reservation_id: str) -> Reservation: ...
+    def release(self, reservation_id: str) -> Reservation: ...
+
+
+class Payments(Protocol):
+    def charge(
+        self, *, order_id: str, customer_id: str, amount: Money, request_id: str
+    ) -> Payment: ...
+    def void_charge(self, *, charge_request_id: str, order_id: str) -> Payment: ...
+    def refund(self, *, payment_id: str, request_id: str) -> Payment: ...
+
+
+class Store(Protocol):
+    def save(self, order: Order) -> Order: ...
+
+
+class Lease(Protocol):
+    def keep(self) -> bool: ...
