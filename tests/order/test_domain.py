@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from meshkit.errors import InvalidArgument, Validator
+from meshkit.errors import FieldViolation, InvalidArgument, Validator
 from meshkit.ids import new_id
 from meshkit.limits import (
     MAX_CUSTOMER_ID_LENGTH,
@@ -185,6 +185,7 @@ def test_happy_path_walks_reserve_charge_commit() -> None:
     [
         (Step.RESERVE, Outcome.DECLINED, Status.FAILED),
         (Step.RESERVE, Outcome.REJECTED, Status.FAILED),
+        (Step.RESERVE, Outcome.INVALID, Status.FAILED),
         (Step.RESERVE, Outcome.UNKNOWN, Step.RELEASE),
         (Step.CHARGE, Outcome.DECLINED, Step.RELEASE),
         (Step.CHARGE, Outcome.REJECTED, Step.RELEASE),
@@ -227,8 +228,21 @@ def test_a_stuck_forward_step_records_no_reason() -> None:
     assert (order.status, order.step, order.failure_reason) == (Status.PENDING, Step.COMMIT, "")
 
 
+def test_invalid_lines_fail_the_order_with_the_reason_and_keep_the_violations() -> None:
+    refusal = StepResult(
+        outcome=Outcome.INVALID,
+        reason="inventory rejected the order: lines[0].sku: unknown SKU",
+        violations=(FieldViolation("lines[0].sku", "unknown SKU"),),
+    )
+    order = advance(_order(), refusal)
+    assert (order.status, order.step) == (Status.FAILED, Step.DONE)
+    assert order.failure_reason == "inventory rejected the order: lines[0].sku: unknown SKU"
+    assert (order.reservation_id, order.payment_id, order.total) == ("", "", None)
+
+
 def test_finished_orders_do_not_move() -> None:
-    done = domain.fail(_order(), "gone")
+    done = advance(_order(), StepResult(outcome=Outcome.DECLINED, reason="out of stock"))
+    assert done.status is Status.FAILED
     with pytest.raises(ValueError, match="not PENDING"):
         advance(done, StepResult(outcome=Outcome.OK))
 

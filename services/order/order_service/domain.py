@@ -5,17 +5,18 @@ that action runs. A step's call ends in one :class:`Outcome`; :data:`TRANSITIONS
 where that leads. Anything not in the table keeps the order where it is: a compensation
 that could not reach its service is retried later by the recovery loop.
 
-    step         call                           OK          DECLINED   REJECTED   UNKNOWN
-    RESERVE      Reserve(order_id, lines)       CHARGE      FAILED     FAILED     RELEASE
-    CHARGE       Charge("charge-"+order_id)     COMMIT      RELEASE    RELEASE    VOID_CHARGE
-    COMMIT       Commit; if it fails, Release   CONFIRMED   REFUND     -          -
-    VOID_CHARGE  VoidCharge("charge-"+order_id) RELEASE     -          -          -
-    RELEASE      Release (Reserve to learn id)  FAILED      -          -          -
-    REFUND       Refund("refund-"+order_id)     FAILED      -          -          -
+    step         call                           OK         DECLINED  REJECTED  INVALID  UNKNOWN
+    RESERVE      Reserve(order_id, lines)       CHARGE     FAILED    FAILED    FAILED   RELEASE
+    CHARGE       Charge("charge-"+order_id)     COMMIT     RELEASE   RELEASE   -        VOID_CHARGE
+    COMMIT       Commit; if it fails, Release   CONFIRMED  REFUND    -         -        -
+    VOID_CHARGE  VoidCharge("charge-"+order_id) RELEASE    -         -         -        -
+    RELEASE      Release (Reserve to learn id)  FAILED     -         -         -        -
+    REFUND       Refund("refund-"+order_id)     FAILED     -         -         -        -
 
     (- = stay at the step.) DECLINED is a business "no": out of stock, payment declined,
-    or for COMMIT "the stock went back instead". Reserve answering INVALID_ARGUMENT (an
-    unknown SKU) is not a transition: the request path deletes the order and answers it.
+    or for COMMIT "the stock went back instead". INVALID is Reserve refusing the lines
+    themselves (an unknown SKU; only Reserve reports it): the order FAILED, and the request
+    that created it discards it and answers INVALID_ARGUMENT, so its request_id stays free.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from meshkit.errors import Validator
+from meshkit.errors import FieldViolation, Validator
 from meshkit.ids import CUSTOMER_ID, REQUEST_ID, SKU, resource_id
 from meshkit.limits import MAX_LINES, MAX_QUANTITY
 
@@ -139,6 +140,7 @@ class Outcome(enum.StrEnum):
     OK = "OK"  # it did what was asked
     DECLINED = "DECLINED"  # a business "no": out of stock, payment declined, stock not committed
     REJECTED = "REJECTED"  # a definite error: the call did nothing
+    INVALID = "INVALID"  # the request itself is wrong (an unknown SKU): the call did nothing
     UNKNOWN = "UNKNOWN"  # no answer: it may or may not have happened
 
 
@@ -147,6 +149,7 @@ TRANSITIONS: Mapping[tuple[Step, Outcome], Step | Status] = {
     (Step.RESERVE, Outcome.OK): Step.CHARGE,
     (Step.RESERVE, Outcome.DECLINED): Status.FAILED,
     (Step.RESERVE, Outcome.REJECTED): Status.FAILED,
+    (Step.RESERVE, Outcome.INVALID): Status.FAILED,
     # The reservation may exist: find it (Reserve is idempotent by order_id) and release it.
     (Step.RESERVE, Outcome.UNKNOWN): Step.RELEASE,
     (Step.CHARGE, Outcome.OK): Step.COMMIT,
@@ -247,6 +250,8 @@ class StepResult:
     reservation_id: str = ""
     payment_id: str = ""
     total: Money | None = None
+    #: For INVALID: what the callee said is wrong with the request, field by field.
+    violations: tuple[FieldViolation, ...] = ()
 
 
 def advance(order: Order, result: StepResult) -> Order:
@@ -269,8 +274,3 @@ def advance(order: Order, result: StepResult) -> Order:
         return replace(order, status=Status.FAILED, step=Step.DONE)
     assert isinstance(target, Step)
     return replace(order, step=target)
-
-
-def fail(order: Order, why: str) -> Order:
-    """Ends an order that cannot go on at all (e.g. inventory rejects lines found at recovery)."""
-    return replace(order, status=Status.FAILED, step=Step.DONE, failure_reason=why)

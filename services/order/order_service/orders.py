@@ -90,16 +90,17 @@ class Orders:
             # Redis had lost the claim, and SQLite knows an order for this request_id.
             self._claims.withdraw(request.request_id, claim)
             return None
-        try:
-            return self._saga.run(order, lease)
-        except InvalidArgument:
-            # Inventory rejected the lines (an unknown SKU): leave nothing behind.
+        run = self._saga.run(order, lease)
+        if run.invalid:
+            # Inventory refused the lines (an unknown SKU): leave nothing behind, so the
+            # request_id can carry a corrected order.
             self._store.delete(order.order_id)
             try:
                 self._claims.withdraw(request.request_id, claim)
             except redis.RedisError as error:  # a retry finds no row and takes the claim over
                 _log.warning("%s: could not withdraw its claim: %s", order.order_id, error)
-            raise
+            raise InvalidArgument(run.invalid)
+        return run.order
 
     def _await(self, holder: Claim, request: NewOrder, deadline: float) -> Order | None:
         """Waits for the holder's order to leave PENDING or the deadline, whichever comes first."""

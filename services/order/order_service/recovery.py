@@ -13,8 +13,6 @@ import threading
 
 import redis
 
-from meshkit.errors import InvalidArgument
-from order_service import domain
 from order_service.domain import Status
 from order_service.leases import Leases
 from order_service.saga import Saga
@@ -63,12 +61,7 @@ class Recovery:
                 if order is None or order.status is not Status.PENDING:
                     continue
                 _log.info("%s: resuming at %s", order.order_id, order.step)
-                try:
-                    order = self._saga.run(order, lease)
-                except InvalidArgument as error:
-                    order = self._store.save(
-                        domain.fail(order, domain.reason(domain.INVENTORY_REJECTED, error.message))
-                    )
+                order = self._saga.run(order, lease).order
                 if order.status is not Status.PENDING:
                     finished += 1
             except Exception:

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from meshkit.errors import FieldViolation, InvalidArgument
+from meshkit.errors import FieldViolation
 from order_service import domain
 from order_service.domain import Order, Outcome, Status, Step, StepResult
 from order_service.ports import Inventory, Lease, Payments, RemoteError, Store
 
 _log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Where a run of the saga left its order."""
+
+    order: Order
+    #: Set when the order FAILED because inventory refused its lines (Outcome.INVALID).
+    invalid: tuple[FieldViolation, ...] = ()
 
 
 class Saga:
@@ -35,17 +44,17 @@ class Saga:
             Step.REFUND: self._refund,
         }
 
-    def run(self, order: Order, lease: Lease) -> Order:
-        """Runs steps while the order moves; returns it CONFIRMED, FAILED or still PENDING.
+    def run(self, order: Order, lease: Lease) -> Run:
+        """Runs steps while the order moves; ends with it CONFIRMED, FAILED or still PENDING.
 
         It stays PENDING when a step cannot make progress now (a compensation could not
         reach its service) or the lease was lost; the recovery loop picks it up later.
-        Raises InvalidArgument when inventory rejects the lines (the caller undoes the order).
         """
+        result: StepResult | None = None
         while order.status is Status.PENDING:
             if not lease.keep():
                 _log.warning("%s: lease lost at %s", order.order_id, order.step)
-                return order
+                return Run(order)
             step = order.step
             result = self._steps[step](order)
             moved = domain.advance(order, result)
@@ -53,9 +62,9 @@ class Saga:
                 order = self._store.save(moved)
             if moved.status is Status.PENDING and moved.step == step:
                 _log.warning("%s: stuck at %s: %s", order.order_id, step, result.reason)
-                return order
+                return Run(order)
             _log.info("%s: %s %s -> %s", order.order_id, step, result.outcome, order.step)
-        return order
+        return Run(order, () if result is None else result.violations)
 
     # --- forward steps ---------------------------------------------------------------------
 
@@ -64,9 +73,11 @@ class Saga:
             reservation = self._inventory.reserve(order.order_id, order.lines)
         except RemoteError as error:
             if error.code == "INVALID_ARGUMENT":
-                raise InvalidArgument(
-                    error.violations or (FieldViolation("lines", error.message),)
-                ) from None
+                return StepResult(
+                    outcome=Outcome.INVALID,
+                    reason=domain.reason(domain.INVENTORY_REJECTED, error.message),
+                    violations=error.violations or (FieldViolation("lines", error.message),),
+                )
             if error.code == "FAILED_PRECONDITION":
                 return _failed(Outcome.DECLINED, domain.OUT_OF_STOCK, error.message)
             return _error(
