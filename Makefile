@@ -43,17 +43,17 @@ setup: system-deps venv gen
 
 .PHONY: up down status logs canary
 up: setup ## set up what is missing, launch the mesh, wait until healthy
-	$(PY) -m meshkit.stack up
+	$(PY) -m meshctl up
 down: ## stop everything `make up` started
-	@if test -x $(PY); then $(PY) -m meshkit.stack down; fi
+	@if test -x $(PY); then $(PY) -m meshctl down; fi
 status: ## show every process of the stack and its health
-	$(PY) -m meshkit.stack status
+	$(PY) -m meshctl status
 logs: ## tail the logs of every process (LINES=n)
-	$(PY) -m meshkit.stack logs
+	$(PY) -m meshctl logs
 
 .PHONY: canary
 canary: ## move the payment canary weights live: make canary V1=50 V2=50
-	$(PY) -m meshkit.stack canary $(V1) $(V2)
+	$(PY) -m meshctl canary $(V1) $(V2)
 
 .PHONY: test
 test: setup ## set up and run the whole suite

@@ -1,7 +1,7 @@
 """CreateOrder through Envoy at 1, 16 and 64 in flight, next to a bare gRPC call through the same
 Envoy measured in the same run, plus the RSS of every stack process.
 
-The stack is started exactly as ``make up`` starts it (meshkit.stack, supervisor, real Envoy) but on
+The stack is started exactly as ``make up`` starts it (meshctl, supervisor, real Envoy) but on
 free ports in a temp dir with its own redis-server, so a running ``make up`` is never disturbed.
 Variants alternate in short blocks (bare, order, bare, order, ...) so machine noise hits both alike.
 The load generator is one grpc.aio client in this process; it shares the 2 cores with the stack.
@@ -26,7 +26,7 @@ from bench._load import LoadResult, run_closed_loop
 from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from mesh.order.v1 import order_pb2, order_pb2_grpc
-from meshkit.testing import running_stack
+from meshctl.testing import running_stack
 
 IN_FLIGHT = (1, 16, 64)
 SKUS = [f"SKU-{n:04d}" for n in range(1, 21)]
@@ -140,7 +140,7 @@ def main() -> None:
             )
             print(_row("bare Health/Check", in_flight, bare))
             print(_row(f"CreateOrder ({confirmed} ok)", in_flight, orders, ratio))
-        pids = stack.pids()
+        pids = stack.supervisor.pids()
         print("\nRSS after the run (MiB):")
         print("| process      | pid     | RSS MiB |")
         print("|--------------|---------|---------|")

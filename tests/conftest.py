@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from meshctl.pki import ensure_certificates
-from meshkit.stack import WORKLOADS
+from meshctl.registry import WORKLOADS
 from meshkit.testing import RedisServer, redis_server
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshkit.stack import Stack
+from meshctl.stack import Stack
 
 PAYMENT_SERVICE_NAME = "mesh.payment.v1.PaymentService"
 PAYMENT_CLUSTERS = ("payment_v1", "payment_v2")
@@ -38,7 +38,10 @@ def metric_sum(port: int, name: str, **labels: str) -> float:
 
 def payment_metrics_ports(stack: Stack) -> dict[str, int]:
     c = stack.config
-    return {"payment_v1": c.payment_v1_metrics_port, "payment_v2": c.payment_v2_metrics_port}
+    return {
+        "payment_v1": c.ports["PAYMENT_V1_METRICS_PORT"],
+        "payment_v2": c.ports["PAYMENT_V2_METRICS_PORT"],
+    }
 
 
 def server_handled(port: int, method: str, **labels: str) -> int:
@@ -65,7 +68,7 @@ def payment_handled(stack: Stack, method: str, **labels: str) -> dict[str, int]:
 def envoy_counters(stack: Stack, pattern: str) -> dict[str, int]:
     """Envoy admin counters whose names match the regex ``pattern``."""
     counters: dict[str, int] = {}
-    for line in stack.admin_get("/stats?filter=" + pattern).splitlines():
+    for line in stack.envoy.get("/stats?filter=" + pattern).splitlines():
         name, sep, value = line.partition(": ")
         if sep and value.strip().isdigit():
             counters[name] = int(value)

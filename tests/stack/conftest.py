@@ -1,21 +1,16 @@
-"""The whole mesh, started once per session the way `make up` starts it: meshkit.stack.Stack
+"""The whole mesh, started once per session the way `make up` starts it: meshctl.stack.Stack
 on free ports in a temp dir, with a private redis-server and the real Envoy binary."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 import grpc
 import pytest
 
-from meshkit.stack import Stack, pid_alive
-from meshkit.testing import running_stack
+from meshctl.stack import Stack
+from meshctl.testing import running_stack
 from meshkit.tls import WorkloadTls
-
-
-def assert_all_gone(pids: Mapping[str, int]) -> None:
-    left = {name: pid for name, pid in pids.items() if pid_alive(pid)}
-    assert not left, f"processes left behind after down(): {left}"
 
 
 @pytest.fixture(scope="session")

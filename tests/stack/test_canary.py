@@ -14,8 +14,8 @@ import pytest
 
 from mesh.common.v1 import money_pb2
 from mesh.payment.v1 import payment_pb2, payment_pb2_grpc
+from meshctl.stack import Stack
 from meshkit.ids import new_id
-from meshkit.stack import Stack
 from meshkit.testing import wait_until
 
 pytestmark = pytest.mark.stack
@@ -57,7 +57,7 @@ def versions(
 
 def charge_successes(stack: Stack) -> dict[str, int]:
     """Envoy's per-cluster gRPC success counters (grpc_stats filter)."""
-    stats = stack.admin_get("/stats?filter=PaymentService\\.Charge\\.success")
+    stats = stack.envoy.get("/stats?filter=PaymentService\\.Charge\\.success")
     counts = {}
     for cluster in ("payment_v1", "payment_v2"):
         name = re.escape(CHARGE_SUCCESS.format(cluster=cluster))
@@ -106,5 +106,5 @@ def test_weights_move_live_through_the_admin_endpoint(stack: Stack, as_order: gr
         assert versions(as_order, 20, CANARY_PIN) == Counter({"v2": 20})
     finally:
         stack.set_canary_weights(90, 10)
-    runtime = stack.admin_get("/runtime")
+    runtime = stack.envoy.get("/runtime")
     assert '"routing.payment.payment_v2"' in runtime

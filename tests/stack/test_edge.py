@@ -14,7 +14,8 @@ from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from mesh.order.v1 import order_pb2, order_pb2_grpc
 from mesh.payment.v1 import payment_pb2, payment_pb2_grpc
-from meshkit.stack import INVENTORY_SERVICE, ORDER_SERVICE, PAYMENT_SERVICE, Stack
+from meshctl.registry import INVENTORY_SERVICE, ORDER_SERVICE, PAYMENT_SERVICE
+from meshctl.stack import Stack
 
 pytestmark = pytest.mark.stack
 

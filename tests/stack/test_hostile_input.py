@@ -34,11 +34,11 @@ from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2
 from mesh.order.v1 import order_pb2
 from mesh.payment.v1 import payment_pb2
+from meshctl.stack import Stack
 from meshkit.errors import trailer_bytes
 from meshkit.ids import new_id
 from meshkit.limits import ERROR_TRAILER_BUDGET_BYTES, MAX_RECEIVE_MESSAGE_BYTES
 from meshkit.paging import _filter_digest
-from meshkit.stack import Stack
 
 pytestmark = pytest.mark.stack
 
@@ -206,7 +206,7 @@ def _check_error(error: grpc.RpcError) -> None:
 
 def _counters(stack: Stack) -> dict[str, int]:
     counters: dict[str, int] = {}
-    for line in stack.admin_get("/stats").splitlines():
+    for line in stack.envoy.get("/stats").splitlines():
         name, _, value = line.partition(": ")
         if name.endswith(WATCHED_COUNTERS) and value.isdigit():
             counters[name] = int(value)
@@ -214,13 +214,13 @@ def _counters(stack: Stack) -> dict[str, int]:
 
 
 def _log_sizes(stack: Stack) -> dict[str, int]:
-    return {name: stack.log_path(name).stat().st_size for name in PROGRAMS}
+    return {name: stack.config.log_path(name).stat().st_size for name in PROGRAMS}
 
 
 def _new_log_lines(stack: Stack, sizes: dict[str, int]) -> dict[str, str]:
     written: dict[str, str] = {}
     for name, size in sizes.items():
-        with stack.log_path(name).open(errors="replace") as log:
+        with stack.config.log_path(name).open(errors="replace") as log:
             log.seek(size)
             written[name] = log.read()
     return written
@@ -238,7 +238,7 @@ class Bystander:
 def _watched(stack: Stack) -> Iterator[Bystander]:
     """Runs a bystander alongside, then checks nobody was harmed: its calls, the processes,
     the logs and Envoy's connection counters."""
-    pids, counters, sizes = stack.pids(), _counters(stack), _log_sizes(stack)
+    pids, counters, sizes = stack.supervisor.pids(), _counters(stack), _log_sizes(stack)
     bystander = Bystander()
     started, stop = threading.Event(), threading.Event()
 
@@ -275,7 +275,7 @@ def _watched(stack: Stack) -> Iterator[Bystander]:
         thread.join(timeout=30)
     assert bystander.calls > 0
     assert bystander.errors == []
-    assert stack.pids() == pids, "a service restarted"
+    assert stack.supervisor.pids() == pids, "a service restarted"
     assert _counters(stack) == counters
     tracebacks = {
         name: text for name, text in _new_log_lines(stack, sizes).items() if "Traceback" in text

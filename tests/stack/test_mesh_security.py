@@ -17,8 +17,9 @@ from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2
 from mesh.order.v1 import order_pb2, order_pb2_grpc
 from mesh.payment.v1 import payment_pb2
-from meshkit.stack import INVENTORY_SERVICE, PAYMENT_SERVICE, Stack
-from meshkit.testing import running_stack
+from meshctl.registry import INVENTORY_SERVICE, PAYMENT_SERVICE
+from meshctl.stack import Stack
+from meshctl.testing import running_stack
 from meshkit.tls import WorkloadTls
 
 from ._probes import metric_sum
@@ -64,7 +65,10 @@ def _handled(stack: Stack, path: str) -> float:
     """How many calls of ``path`` the backends' servers have started (their RED metrics)."""
     service, method = path.strip("/").split("/")
     c = stack.config
-    ports = [c.inventory_metrics_port, c.payment_v1_metrics_port, c.payment_v2_metrics_port]
+    ports = [
+        c.ports[var]
+        for var in ("INVENTORY_METRICS_PORT", "PAYMENT_V1_METRICS_PORT", "PAYMENT_V2_METRICS_PORT")
+    ]
     return sum(
         metric_sum(port, "grpc_server_started_total", grpc_service=service, grpc_method=method)
         for port in ports
@@ -135,8 +139,8 @@ def test_plaintext_callers_reach_neither_the_internal_listener_nor_a_backend(
     targets = [
         c.internal_target,
         *(
-            f"127.0.0.1:{port}"
-            for port in (c.order_port, c.inventory_port, c.payment_v1_port, c.payment_v2_port)
+            f"127.0.0.1:{c.ports[var]}"
+            for var in ("ORDER_PORT", "INVENTORY_PORT", "PAYMENT_V1_PORT", "PAYMENT_V2_PORT")
         ),
     ]
     request = INTERNAL_RPCS[f"/{PAYMENT_SERVICE}/Charge"]
@@ -173,7 +177,7 @@ def test_the_order_identity_reaches_the_money_paths(
 def test_a_backend_refuses_a_mesh_workload_that_bypasses_envoy(stack: Stack) -> None:
     """An order certificate straight at payment would skip RBAC: backends answer only Envoy."""
     order = WorkloadTls.load(stack.config.certs_dir, "order")
-    target = f"127.0.0.1:{stack.config.payment_v1_port}"
+    target = f"127.0.0.1:{stack.config.ports['PAYMENT_V1_PORT']}"
     # Certificates name localhost and 127.0.0.1, so no name override is needed.
     with grpc.secure_channel(target, order.channel_credentials()) as channel:
         request = INTERNAL_RPCS[f"/{PAYMENT_SERVICE}/Refund"]

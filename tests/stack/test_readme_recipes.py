@@ -23,7 +23,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from mesh.inventory.v1 import inventory_pb2
 from mesh.order.v1 import order_pb2
 from mesh.payment.v1 import payment_pb2
-from meshkit.stack import Stack
+from meshctl.stack import Stack
 from meshkit.testing import wait_until
 
 from ._probes import payment_handled
@@ -232,14 +232,14 @@ class ReadmeShell:
     def localise(self, recipe: Recipe) -> str:
         c = self.stack.config
         command = recipe.source.replace(README_EDGE, c.edge_target)
-        command = command.replace(README_ADMIN, f"127.0.0.1:{c.admin_port}")
+        command = command.replace(README_ADMIN, c.admin_url.removeprefix("http://"))
         if PAYMENT_PLACEHOLDER in command:
             # The one substitution besides the addresses: the payment of the README's own order,
             # as a reader would copy it from the CreateOrder answer.
             command = command.replace(PAYMENT_PLACEHOLDER, str(self.readme_order()["payment_id"]))
         if "…" in command:
             pytest.fail(f"{recipe}\nholds a placeholder this test does not know how to fill")
-        ours = {c.edge_port, c.admin_port}
+        ours = {c.ports["EDGE_PORT"], c.ports["ENVOY_ADMIN_PORT"]}
         strays = [a.group(0) for a in LOOPBACK_ADDRESS.finditer(command) if int(a[1]) not in ours]
         if strays:
             pytest.fail(f"{recipe}\ncalls {strays}, which is not the edge or Envoy admin")

@@ -17,8 +17,8 @@ import pytest
 from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from mesh.order.v1 import order_pb2, order_pb2_grpc
-from meshkit.stack import Stack
-from meshkit.testing import running_stack
+from meshctl.stack import Stack
+from meshctl.testing import running_stack
 from resilience import OUTCOME_BREAKER_OPEN, metric_names
 
 from ._probes import (
@@ -55,7 +55,7 @@ def faulty_edge(faulty_stack: Stack) -> Iterator[grpc.Channel]:
 
 def order_attempts(stack: Stack, name: str, **labels: str) -> int:
     """A resilience metric of the order service's payment channel, for Charge."""
-    port = stack.config.order_metrics_port
+    port = stack.config.ports["ORDER_METRICS_PORT"]
     return int(metric_sum(port, name, target="payment", method=CHARGE_METHOD, **labels))
 
 

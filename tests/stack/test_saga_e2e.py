@@ -15,7 +15,7 @@ from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from mesh.order.v1 import order_pb2, order_pb2_grpc
 from mesh.payment.v1 import payment_pb2, payment_pb2_grpc
-from meshkit.stack import Stack
+from meshctl.stack import Stack
 
 from ._probes import payment_rows
 

@@ -9,8 +9,8 @@ import pytest
 
 from mesh.common.v1 import money_pb2
 from mesh.payment.v1 import payment_pb2, payment_pb2_grpc
+from meshctl.testing import running_stack
 from meshkit.ids import new_id
-from meshkit.testing import running_stack
 from meshkit.tls import WorkloadTls
 
 pytestmark = pytest.mark.stack

@@ -47,6 +47,11 @@ def start_time(pid: int) -> int | None:
     return None if fields[0] == "Z" else int(fields[19])
 
 
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (exited, not yet reaped) counts as gone."""
+    return start_time(pid) is not None
+
+
 def cmdline(pid: int) -> list[str]:
     """The argv of ``pid``; empty when it is gone (or a kernel thread)."""
     try:

@@ -1,4 +1,5 @@
-"""Health that reflects dependencies: a background probe sets the stock HealthServicer."""
+"""Health that reflects dependencies: a background probe sets the stock HealthServicer; and
+one health call to a server, for whoever waits for one (tests, the launcher)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
-from grpc_health.v1 import health, health_pb2
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 _log = logging.getLogger(__name__)
 
@@ -14,6 +16,7 @@ _log = logging.getLogger(__name__)
 Check = Callable[[], None]
 
 DEFAULT_PROBE_INTERVAL_S = 1.0
+SERVING = "SERVING"
 
 
 class DependencyHealth:
@@ -77,3 +80,30 @@ class DependencyHealth:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self._interval_s * 2)
+
+
+def serving_status(
+    target: str,
+    service: str = "",
+    timeout_s: float = 1.0,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> str:
+    """One gRPC health check: "SERVING", the status name, or why it could not be asked."""
+    channel = (
+        grpc.insecure_channel(target)
+        if credentials is None
+        # Backends may listen on MESH_HOST; every certificate of the mesh names localhost.
+        else grpc.secure_channel(
+            target, credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+        )
+    )
+    with channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+            )
+        except grpc.RpcError as error:
+            code = error.code() if isinstance(error, grpc.Call) else None
+            return f"unreachable ({code.name if code else error})"
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))

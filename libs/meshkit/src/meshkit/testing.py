@@ -1,4 +1,6 @@
-"""Helpers for tests of mesh services: free ports, a throwaway redis-server, health waits."""
+"""Helpers for tests of mesh services: free ports, a throwaway redis-server, health waits.
+
+Whole stacks (Envoy and every service under supervisord) are meshctl.testing's."""
 
 from __future__ import annotations
 
@@ -8,14 +10,12 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TextIO
 
 import redis
 
-from meshkit import stack
+from meshkit.health import SERVING, serving_status
 
 
 def free_port() -> int:
@@ -99,7 +99,7 @@ def wait_until(
 
 def is_serving(target: str, service: str = "", timeout_s: float = 1.0) -> bool:
     """One gRPC health check; False on any error."""
-    return stack.grpc_health(target, service, timeout_s) == "SERVING"
+    return serving_status(target, service, timeout_s) == SERVING
 
 
 def free_ports(count: int) -> list[int]:
@@ -108,47 +108,3 @@ def free_ports(count: int) -> list[int]:
     while len(ports) < count:
         ports.add(free_port())
     return sorted(ports)
-
-
-def stack_config(
-    base: Path, redis_url: str, env: Mapping[str, str] | None = None, *, mtls: bool = True
-) -> stack.StackConfig:
-    """A StackConfig like ``make up``'s, but on free ports with everything under ``base``."""
-    # Any: mypy cannot tell these keys are exactly StackConfig's int port fields.
-    ports: dict[str, Any] = dict(
-        zip(stack.PORT_VARS, free_ports(len(stack.PORT_VARS)), strict=True)
-    )
-    return stack.StackConfig(
-        root=stack.find_root(Path(__file__)),
-        run_dir=base / "run",
-        log_dir=base / "log",
-        data_dir=base / "data",
-        certs_dir=base / "certs",
-        mtls=mtls,
-        redis_url=redis_url,
-        env=dict(env or {}),
-        **ports,
-    )
-
-
-@contextlib.contextmanager
-def running_stack(
-    base: Path,
-    env: Mapping[str, str] | None = None,
-    *,
-    mtls: bool = True,
-    out: TextIO | None = None,
-) -> Iterator[stack.Stack]:
-    """The whole mesh, started the way ``make up`` starts it, on free ports with a private
-    redis-server; stopped afterwards, failing if any of its processes is left behind."""
-    with redis_server() as redis_proc:
-        running = stack.Stack(stack_config(base, redis_proc.url, env, mtls=mtls), out=out)
-        try:
-            running.up()
-            yield running
-        finally:
-            pids = running.pids() if running.is_running() else {}
-            running.down()
-            left = {name: pid for name, pid in pids.items() if stack.pid_alive(pid)}
-            if left:
-                raise AssertionError(f"processes left behind after down(): {left}")

@@ -10,31 +10,25 @@ from pathlib import Path
 
 import pytest
 
-from meshctl.pidrecord import stop_processes
-from meshkit.stack import (
-    PORT_VARS,
-    PROGRAMS,
-    RECORDER_PROGRAM,
-    REDIS_PROGRAM,
-    Stack,
-    StackConfig,
-    main,
-    pid_alive,
-)
+from meshctl.cli import main
+from meshctl.config import StackConfig
+from meshctl.pidrecord import pid_alive, stop_processes
+from meshctl.registry import PORTS, PROGRAMS, RECORDER
+from meshctl.stack import Stack
+from meshctl.testing import assert_all_gone
 from meshkit.testing import free_ports, redis_server, wait_until
 from resilience import SYSTEM_CLOCK
 
-from .conftest import assert_all_gone
-
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(60)]
 
-MESH = (REDIS_PROGRAM, *(p.name for p in PROGRAMS))
+#: What outlives a killed supervisord: all but the recorder, which reads its events and ends too.
+MESH = tuple(p.name for p in PROGRAMS if p is not RECORDER)
 
 
 def cli_env(var_dir: Path, redis_url: str) -> dict[str, str]:
     """What `make up|status|down` would see: every port free, state under ``var_dir``."""
-    ports = free_ports(len(PORT_VARS))
-    env = {var: str(port) for (var, _), port in zip(PORT_VARS.values(), ports, strict=True)}
+    ports = free_ports(len(PORTS))
+    env = {port.var: str(number) for port, number in zip(PORTS, ports, strict=True)}
     return {**env, "MESH_VAR_DIR": str(var_dir), "REDIS_URL": redis_url}
 
 
@@ -49,18 +43,18 @@ def own_redis_env(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 def leave_nothing(env: Mapping[str, str]) -> None:
     stack = Stack(StackConfig.from_env(env))
-    if stack.is_running():
+    if stack.supervisor.is_running():
         stack.down()
-    stop_processes(stack.recorded().alive(), clock=SYSTEM_CLOCK)
+    stop_processes(stack.supervisor.recorded().alive(), clock=SYSTEM_CLOCK)
 
 
 def kill_supervisord(stack: Stack) -> dict[str, int]:
     """SIGKILLs supervisord; returns the pids it had, once its event listener has ended too."""
-    pids = stack.pids()
+    pids = stack.supervisor.pids()
     os.kill(pids["supervisord"], signal.SIGKILL)
     wait_until(lambda: not pid_alive(pids["supervisord"]), timeout_s=5, what="supervisord")
     # The recorder reads supervisord's events from a pipe, so it ends with supervisord.
-    wait_until(lambda: not pid_alive(pids[RECORDER_PROGRAM]), timeout_s=5, what="the recorder")
+    wait_until(lambda: not pid_alive(pids[RECORDER.name]), timeout_s=5, what="the recorder")
     return pids
 
 
@@ -106,8 +100,8 @@ def test_up_after_supervisord_was_killed_stops_the_orphans_and_starts_healthy(
     assert "started by the stack" in out
     assert_all_gone(orphans)
     assert main(["status"], env) == 0
-    pids = stack.pids()
-    assert set(pids) == {"supervisord", RECORDER_PROGRAM, *MESH}
+    pids = stack.supervisor.pids()
+    assert set(pids) == {"supervisord", RECORDER.name, *MESH}
     assert main(["down"], env) == 0
     assert_all_gone(pids)
 
@@ -118,12 +112,12 @@ def test_a_program_supervisord_restarted_is_stopped_by_its_new_pid(tmp_path: Pat
         stack = Stack(StackConfig.from_env(env))
         try:
             assert main(["up"], env) == 0
-            old = stack.pids()["inventory"]
+            old = stack.supervisor.pids()["inventory"]
             os.kill(old, signal.SIGKILL)
 
             def restarted() -> int | None:
-                pid = stack.pids().get("inventory")
-                recorded = stack.recorded().find("inventory", pid) if pid else None
+                pid = stack.supervisor.pids().get("inventory")
+                recorded = stack.supervisor.recorded().find("inventory", pid) if pid else None
                 return pid if pid != old and recorded is not None else None
 
             wait_until(restarted, timeout_s=15, what="inventory restarted and recorded")

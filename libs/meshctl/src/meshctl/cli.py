@@ -1,0 +1,92 @@
+"""``python -m meshctl up|down|status|logs|canary``: what the Makefile's targets run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+
+from meshctl.config import StackConfig, StackError
+from meshctl.report import orphan_table, status_table
+from meshctl.stack import DEFAULT_LOG_LINES, Stack
+from meshkit.settings import env_int
+
+Command = Callable[[Stack, argparse.Namespace, Mapping[str, str]], int]
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m meshctl",
+        description="Start, stop and inspect the mesh under supervisord (make up/down/...).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="start the mesh and wait until it is healthy")
+    commands.add_parser("down", help="stop everything `up` started")
+    commands.add_parser("status", help="every program's state and health")
+    commands.add_parser("logs", help="tail every log (LINES=n)")
+    canary = commands.add_parser("canary", help="set payment v1/v2 weights live")
+    canary.add_argument("v1", type=int)
+    canary.add_argument("v2", type=int)
+    args = parser.parse_args(argv)
+    try:
+        stack = Stack(StackConfig.from_env(env))
+        return _COMMANDS[args.command](stack, args, env)
+    except (StackError, ValueError, OSError) as error:  # SettingsError is a ValueError
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _up(stack: Stack, _args: argparse.Namespace, _env: Mapping[str, str]) -> int:
+    try:
+        statuses = stack.up()
+    except StackError:
+        if stack.supervisor.is_running():
+            print("the stack is left running for inspection: make logs; make down", file=sys.stderr)
+        raise
+    return 0 if all(s.ok for s in statuses) else 1
+
+
+def _down(stack: Stack, _args: argparse.Namespace, _env: Mapping[str, str]) -> int:
+    stack.down()
+    return 0
+
+
+def _status(stack: Stack, _args: argparse.Namespace, _env: Mapping[str, str]) -> int:
+    """0: every program serves, or nothing runs; 1: something does not serve, or supervisord
+    died and left programs running (orphans)."""
+    statuses = stack.status()
+    if not statuses:
+        orphans = stack.supervisor.orphans()
+        if orphans:
+            print("resilient-mesh: supervisord is gone, its programs still run (make down)")
+            print(orphan_table(orphans))
+            return 1
+        print("resilient-mesh is not running (make up)")
+        return 0
+    pid, edge = stack.supervisor.pid(), stack.config.edge_target
+    print(f"resilient-mesh: supervisord pid {pid}, edge {edge}")
+    print(status_table(statuses))
+    return 0 if all(s.ok for s in statuses) else 1
+
+
+def _logs(stack: Stack, _args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    print(stack.logs(env_int("LINES", DEFAULT_LOG_LINES, lo=1, hi=100_000, env=env)))
+    return 0
+
+
+def _canary(stack: Stack, args: argparse.Namespace, _env: Mapping[str, str]) -> int:
+    if not stack.supervisor.is_running():
+        raise StackError("resilient-mesh is not running (make up)")
+    stack.set_canary_weights(args.v1, args.v2)
+    print(f"payment weights now v1={args.v1} v2={args.v2}")
+    return 0
+
+
+_COMMANDS: Mapping[str, Command] = {
+    "up": _up,
+    "down": _down,
+    "status": _status,
+    "logs": _logs,
+    "canary": _canary,
+}

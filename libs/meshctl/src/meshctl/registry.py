@@ -1,0 +1,226 @@
+"""What the stack runs: the one list every other part of the launcher reads.
+
+supervisord's config, Envoy's clusters, the ports and their variables, the certificates `up`
+issues, the order programs start and stop in, `make status` and the banner all come from
+:data:`PROGRAMS`. A new backend is one entry here, plus its routes in deploy/envoy/envoy.yaml.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from mesh.inventory.v1 import inventory_pb2
+from mesh.order.v1 import order_pb2
+from mesh.payment.v1 import payment_pb2
+from meshctl import probes
+from meshctl.pidrecord import RECORD_FILE
+from meshkit import tls
+
+ORDER_SERVICE = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
+INVENTORY_SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name
+PAYMENT_SERVICE = payment_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name
+
+
+@dataclass(frozen=True, slots=True)
+class Port:
+    """A port the stack binds, set by the environment variable ``var``."""
+
+    var: str
+    default: int
+
+
+@dataclass(frozen=True, slots=True)
+class Var:
+    """A value the launcher puts in supervisord's environment for a command to use (see
+    meshctl.render: the config refers to it and never holds it)."""
+
+    name: str
+
+
+#: One word of a command: literal text, the number of one of the stack's ports, or a Var.
+Word = str | Port | Var
+
+PYTHON = Var("MESHCTL_PYTHON")
+ENVOY_BINARY = Var("MESHCTL_ENVOY")
+REDIS_SERVER = Var("MESHCTL_REDIS_SERVER")
+REDIS_PORT = Var("MESHCTL_REDIS_PORT")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backend:
+    """A gRPC server behind Envoy, reached through a cluster named after its program."""
+
+    port: Port
+    #: What Envoy's health checks and the launcher's ask for ("" is the server as a whole).
+    health_service: str
+    metrics: Port | None = None
+    #: How the banner names it.
+    label: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Program:
+    """One process under supervisord."""
+
+    #: supervisord's name for it, its log file's name and, for a backend, its Envoy cluster's.
+    name: str
+    command: tuple[Word, ...]
+    #: supervisord's priority: lower starts first; `down` stops in the reverse order.
+    priority: int
+    #: How `status` and `up` tell that it serves: "SERVING", or why not.
+    probe: probes.Probe
+    #: Its mTLS identity (spiffe://mesh.local/<workload>); None: it holds no certificate.
+    workload: str | None = None
+    backend: Backend | None = None
+    #: Ports it binds besides its backend's (Envoy's listeners and admin).
+    listens: tuple[Port, ...] = ()
+    #: Its own environment, on top of what every program sees.
+    env: Mapping[str, Word] = field(default_factory=dict)
+    #: Runs in the run dir, so its command names the files there relative to it.
+    in_run_dir: bool = False
+    #: A supervisord event listener: it reads supervisord's events on stdin.
+    listener: bool = False
+    #: Started only when nothing answers at REDIS_URL.
+    only_without_redis: bool = False
+
+    @property
+    def ports(self) -> tuple[Port, ...]:
+        own = () if self.backend is None else (self.backend.port, self.backend.metrics)
+        return tuple(port for port in (*own, *self.listens) if port is not None)
+
+
+def _backend(
+    name: str,
+    module: str,
+    *,
+    port: Port,
+    metrics: Port | None,
+    health_service: str,
+    workload: str,
+    priority: int,
+    label: str,
+    env: Mapping[str, Word] | None = None,
+) -> Program:
+    """A Python gRPC service, ``python -m <module>``."""
+    return Program(
+        name=name,
+        command=(PYTHON, "-m", module),
+        priority=priority,
+        probe=probes.GrpcHealth(port, health_service),
+        workload=workload,
+        backend=Backend(port=port, health_service=health_service, metrics=metrics, label=label),
+        env=env or {},
+    )
+
+
+def _payment(version: str, port: Port, metrics: Port, label: str) -> Program:
+    """One deployment of the payment service: v1 and v2 share its code and its identity."""
+    return _backend(
+        f"payment_{version}",
+        "payment_service",
+        port=port,
+        metrics=metrics,
+        health_service=PAYMENT_SERVICE,
+        workload="payment",
+        priority=20,
+        label=label,
+        env={"PAYMENT_VERSION": version, "PAYMENT_PORT": port, "PAYMENT_METRICS_PORT": metrics},
+    )
+
+
+EDGE_PORT = Port("EDGE_PORT", 8080)
+INTERNAL_PORT = Port("INTERNAL_PORT", 8081)
+ADMIN_PORT = Port("ENVOY_ADMIN_PORT", 9901)
+
+#: Keeps the pid record (meshctl.pidlistener): started first and stopped last, so it sees
+#: every other process start and stop.
+RECORDER = Program(
+    name="pidrecord",
+    command=(PYTHON, "-m", "meshctl.pidlistener", RECORD_FILE),
+    priority=0,
+    probe=probes.record_written,
+    in_run_dir=True,
+    listener=True,
+)
+#: Keeps nothing on disk: Redis holds caches, locks and idempotency claims, and SQLite
+#: (UNIQUE request_id) is the durable backstop.
+REDIS = Program(
+    name="redis",
+    command=(
+        *(REDIS_SERVER, "--bind", "127.0.0.1", "--port", REDIS_PORT),
+        *("--save", "", "--appendonly", "no", "--dir", "."),
+    ),
+    priority=1,
+    probe=probes.redis_up,
+    in_run_dir=True,
+    only_without_redis=True,
+)
+#: Reflection and health for the edge: a reflection stream has one path for every service.
+CATALOG = _backend(
+    "catalog",
+    "meshkit.catalog",
+    port=Port("CATALOG_PORT", 50050),
+    metrics=None,
+    health_service="",
+    workload="catalog",
+    priority=10,
+    label="reflection catalogue",
+)
+INVENTORY = _backend(
+    "inventory",
+    "inventory_service",
+    port=Port("INVENTORY_PORT", 50052),
+    metrics=Port("INVENTORY_METRICS_PORT", 9102),
+    health_service=INVENTORY_SERVICE,
+    workload="inventory",
+    priority=20,
+    label="inventory",
+)
+PAYMENT_V1 = _payment(
+    "v1", Port("PAYMENT_V1_PORT", 50053), Port("PAYMENT_V1_METRICS_PORT", 9103), "payment v1"
+)
+PAYMENT_V2 = _payment(
+    "v2",
+    Port("PAYMENT_V2_PORT", 50054),
+    Port("PAYMENT_V2_METRICS_PORT", 9104),
+    "payment v2 (canary)",
+)
+#: The canary's two clusters, in the order `make canary V1=.. V2=..` names their weights.
+CANARY = (PAYMENT_V1, PAYMENT_V2)
+ORDER = _backend(
+    "order",
+    "order_service",
+    port=Port("ORDER_PORT", 50051),
+    metrics=Port("ORDER_METRICS_PORT", 9101),
+    health_service=ORDER_SERVICE,
+    workload="order",
+    # Starts last and stops first: its in-flight sagas finish (or compensate) while Envoy
+    # and the services they call still serve.
+    priority=40,
+    label="order",
+)
+
+BACKENDS = (CATALOG, INVENTORY, PAYMENT_V1, PAYMENT_V2, ORDER)
+#: --disable-hot-restart: otherwise Envoy dies with its parent (PDEATHSIG), and two Envoys on
+#: one machine (say `make up` and `make test`) clash on shared memory.
+ENVOY = Program(
+    name="envoy",
+    command=(ENVOY_BINARY, "-c", "envoy.yaml", "--disable-hot-restart", "--log-level", "warning"),
+    priority=30,
+    probe=probes.EnvoyReady(tuple(p.name for p in BACKENDS)),
+    workload=tls.ENVOY,
+    listens=(EDGE_PORT, INTERNAL_PORT, ADMIN_PORT),
+    in_run_dir=True,
+)
+
+#: Everything, in start order (equal priorities keep the order written here).
+PROGRAMS = tuple(sorted((RECORDER, REDIS, *BACKENDS, ENVOY), key=lambda p: p.priority))
+#: Every port the stack binds, each set by its variable.
+PORTS = tuple(port for program in PROGRAMS for port in program.ports)
+#: Every identity `up` issues a certificate for.
+WORKLOADS = tuple(dict.fromkeys(p.workload for p in PROGRAMS if p.workload is not None))
+
+
+def program(name: str) -> Program | None:
+    return next((p for p in PROGRAMS if p.name == name), None)
