@@ -12,6 +12,7 @@ import grpc
 import pytest
 import redis
 
+import resilience
 from mesh.order.v1 import order_pb2
 from meshkit.errors import trailer_bytes
 from meshkit.ids import new_id
@@ -20,6 +21,7 @@ from meshkit.paging import INT64_MAX, _filter_digest
 from order_service.claims import Claim
 from order_service.domain import validate_create
 from order_service.server import OrderApp
+from order_service.servicer import ANSWER_MARGIN_S, wait_budget
 
 from .conftest import SEED_STOCK, Inventory, Order, Payments, proto_lines, violations
 
@@ -332,3 +334,12 @@ def test_bytes_that_are_not_the_request_are_invalid_argument(
     error = _invalid(call, payload)
     assert violations(error) == {"request": f"is not a valid mesh.order.v1.{method}Request"}
     _no_tracebacks(caplog)
+
+
+def test_a_duplicate_waits_for_what_is_left_of_the_captured_deadline() -> None:
+    assert wait_budget(30.0) == 30.0  # no inbound deadline: the cap
+    with resilience.deadline_scope(2.0):
+        assert 2.0 - ANSWER_MARGIN_S - 0.1 < wait_budget(30.0) <= 2.0 - ANSWER_MARGIN_S
+        assert wait_budget(0.5) == 0.5
+    with resilience.deadline_scope(ANSWER_MARGIN_S / 2):
+        assert wait_budget(30.0) == 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from google.protobuf import timestamp_pb2
 
+import resilience
 from mesh.common.v1 import money_pb2
 from mesh.order.v1 import order_pb2, order_pb2_grpc
 from order_service import domain
@@ -35,7 +36,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             [(line.sku, line.quantity) for line in request.lines[: domain.MAX_LINES + 1]],
             request.request_id,
         )
-        return to_proto(self._orders.create(new, wait_budget(context, self._max_wait_s)))
+        return to_proto(self._orders.create(new, wait_budget(self._max_wait_s)))
 
     def GetOrder(  # noqa: N802  # method names come from the proto
         self, request: order_pb2.GetOrderRequest, context: grpc.ServicerContext
@@ -55,15 +56,16 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         )
 
 
-def wait_budget(context: grpc.ServicerContext, cap_s: float) -> float:
-    """How long a duplicate may wait: the caller's remaining deadline, capped.
+def wait_budget(cap_s: float) -> float:
+    """How long a duplicate may wait: the caller's remaining deadline, less time to answer, capped.
 
-    Without a client deadline grpcio reports ~9.2e18 s remaining, hence the cap.
+    The deadline is the one the resilience library's server interceptor captured for this
+    call, the same one that caps the saga's outbound calls.
     """
-    remaining = context.time_remaining()
+    remaining = resilience.remaining_time()
     if remaining is None:
         return cap_s
-    return max(0.0, min(float(remaining) - ANSWER_MARGIN_S, cap_s))
+    return max(0.0, min(remaining - ANSWER_MARGIN_S, cap_s))
 
 
 def to_proto(order: Order) -> order_pb2.Order:
