@@ -1,7 +1,7 @@
 """Mutual TLS inside the mesh: each workload's certificate, and who may call a backend.
 
 Every workload has a SPIFFE-style identity (``spiffe://mesh.local/order``) in the URI SAN of a
-certificate signed by the mesh's local CA (:mod:`meshkit.pki` issues them). Backends serve only
+certificate signed by the mesh's local CA (:mod:`meshctl.pki` issues them). Backends serve only
 mTLS and answer only Envoy's identity: Envoy's RBAC filter decides who may move money or stock,
 so a caller that could reach a backend directly would bypass it. This is Istio's
 ``PeerAuthentication: STRICT`` with the authorization done at the sidecar.
