@@ -82,6 +82,21 @@ def test_payment_rejecting_definitely_releases_without_a_void(
     assert strict.states(placed.order_id) == []
 
 
+def test_payment_losing_data_is_not_definite_and_voids_before_releasing(
+    start_order: StartOrder, inventory: Inventory, start_payments: StartPayments
+) -> None:
+    # DATA_LOSS is never retried, yet the charge may have been captured before the loss.
+    lossy = start_payments(fault_rate=1.0, fault_code=grpc.StatusCode.DATA_LOSS)
+    order = start_order(PAYMENT_TARGET=lossy.target)
+
+    placed = order.create("cust-1", ("SKU-0004", 1), request_id="lossy-1")
+
+    assert placed.status == FAILED
+    assert placed.failure_reason == "payment unavailable: DATA_LOSS"
+    assert inventory.available("SKU-0004") == SEED_STOCK
+    assert lossy.states(placed.order_id) == ["VOIDED"]
+
+
 def test_out_of_stock_fails_and_holds_nothing(
     order: Order, inventory: Inventory, payments: Payments
 ) -> None:

@@ -1,7 +1,7 @@
 """Outbound calls: the one place channels to other services are made, and the stubs on them.
 
-Every call carries a deadline. Errors leave here as :class:`RemoteError` (the status code's
-name, message and field violations), which the saga classifies as definite or unknown.
+Every call carries a deadline. Errors leave here as :class:`RemoteError`: the status code's
+name, message and field violations, and whether the callee certainly did nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ from mesh.payment.v1 import payment_pb2, payment_pb2_grpc
 from meshkit.errors import FieldViolation
 from order_service.domain import Line, Money
 from order_service.ports import Payment, RemoteError, Reservation
+
+#: Codes after which the callee has certainly done nothing: those the resilience library never
+#: retries, but DATA_LOSS, which no retry mends yet says nothing of what was done before it.
+DEFINITE_CODES = resilience.NEVER_RETRYABLE - {"DATA_LOSS"}
 
 #: Keepalive notices a dead peer between calls; a short reconnect backoff (default max 120 s)
 #: lets the recovery loop get through soon after a restarted Envoy or service is back.
@@ -76,7 +80,9 @@ def _remote_error(error: grpc.RpcError) -> RemoteError:
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
                 violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
-    return RemoteError(code.name, message or "", tuple(violations))
+    return RemoteError(
+        code.name, message or "", tuple(violations), definite=code.name in DEFINITE_CODES
+    )
 
 
 def _money(money: money_pb2.Money) -> Money:

@@ -165,26 +165,6 @@ TRANSITIONS: Mapping[tuple[Step, Outcome], Step | Status] = {
     (Step.REFUND, Outcome.OK): Status.FAILED,
 }
 
-#: gRPC codes after which the callee has certainly done nothing; any other error may hide
-#: a completed call (DEADLINE_EXCEEDED, UNAVAILABLE after sending, INTERNAL, ...).
-DEFINITE_CODES = frozenset(
-    {
-        "INVALID_ARGUMENT",
-        "FAILED_PRECONDITION",
-        "ALREADY_EXISTS",
-        "NOT_FOUND",
-        "OUT_OF_RANGE",
-        "PERMISSION_DENIED",
-        "UNAUTHENTICATED",
-        "UNIMPLEMENTED",
-    }
-)
-
-
-def is_definite(code: str) -> bool:
-    return code in DEFINITE_CODES
-
-
 # Failure reasons: what a FAILED order says, first failure wins.
 OUT_OF_STOCK = "out of stock"
 PAYMENT_DECLINED = "payment declined"

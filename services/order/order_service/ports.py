@@ -11,25 +11,29 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from meshkit.errors import FieldViolation
-from order_service import domain
 from order_service.domain import Line, Money, Order
 
 
 class RemoteError(Exception):
-    """A call to another service failed with a gRPC status."""
+    """A call to another service failed with a gRPC status.
+
+    ``definite`` is True when the callee has certainly done nothing; otherwise the call
+    may have taken effect, and the saga treats its outcome as unknown.
+    """
 
     def __init__(
-        self, code: str, message: str, violations: tuple[FieldViolation, ...] = ()
+        self,
+        code: str,
+        message: str,
+        violations: tuple[FieldViolation, ...] = (),
+        *,
+        definite: bool,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.violations = violations
-
-    @property
-    def definite(self) -> bool:
-        """True when the callee certainly did nothing; otherwise the outcome is unknown."""
-        return domain.is_definite(self.code)
+        self.definite = definite
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,6 +20,7 @@ from ._bulkhead import Bulkhead, BulkheadOptions
 from ._client import LocalRpcError, ResilientChannel, intercept_channel
 from ._client import interceptors as sync_interceptors
 from ._clock import SYSTEM_CLOCK, Clock, Rng, SystemClock
+from ._codes import NEVER_RETRYABLE as NEVER_RETRYABLE
 from ._config import ENV_OVERRIDES, ENV_POLICY_FILE, build_policy, load_policy
 from ._deadline import deadline_scope, remaining_time
 from ._errors import LocalFailure, PolicyError
