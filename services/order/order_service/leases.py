@@ -78,8 +78,8 @@ class Lease:
     def keep(self) -> bool:
         """Before each saga step: renews the lease unless Redis confirmed it very recently.
 
-        A saga runs its steps within milliseconds, so renewing before every step cost a
-        Redis round trip per step (a quarter of the order service's time under load). Within
+        A saga runs its steps within milliseconds, and renewing before every step would cost
+        a Redis round trip per step (a quarter of the order service's time under load). Within
         ``recheck_s`` of the last confirmation the lease is certainly ours (it lasts
         ``lease_ms``, far longer, and only our token can delete it), and a lease lost with
         Redis's data goes unnoticed for at most ``recheck_s``, well below the idle age the

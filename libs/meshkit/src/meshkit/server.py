@@ -1,8 +1,8 @@
 """Builds and runs a service's gRPC server the same way for every service.
 
-Server model: synchronous grpcio with a thread pool. Measured on these 2-core
-machines, sync grpcio gave ~1.5x the throughput of grpc.aio (~1.9x per core with a
-Redis GET per call), and the stores (sqlite3, redis-py) are blocking anyway.
+Server model: synchronous grpcio with a thread pool, because the stores (sqlite3, redis-py)
+and the order saga's outbound calls block. On these 2-core machines the pool size decides
+its speed against grpc.aio (~1.2x with 4 threads, ~0.6x with 32: README, Server model).
 """
 
 from __future__ import annotations
