@@ -1,0 +1,68 @@
+"""Each probe against the real thing: a gRPC server on port 0 with the mesh's mTLS, Redis."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshctl import probes
+from meshctl.registry import CATALOG
+from meshctl.testing import stack_config
+from meshkit.server import RunningServer, ServerOptions, build_server
+from meshkit.testing import free_port
+from meshkit.tls import WorkloadTls
+
+
+@pytest.fixture
+def catalog_server(mesh_certs: Path) -> Iterator[RunningServer]:
+    """A server as a backend runs: mTLS with the catalog's certificate, answering only Envoy."""
+    tls = WorkloadTls.load(mesh_certs, "catalog")
+    running = build_server(
+        ServerOptions(port=0, grace_s=0, tls=tls), service_names=(), registrations=(), checks={}
+    )
+    yield running
+    running.stop()
+
+
+def test_a_backend_is_asked_as_envoy_over_mtls(
+    tmp_path: Path, mesh_certs: Path, catalog_server: RunningServer
+) -> None:
+    assert CATALOG.backend is not None
+    base = stack_config(tmp_path, "redis://127.0.0.1:6379/0")
+    ports = {**base.ports, CATALOG.backend.port.var: catalog_server.port}
+    config = dataclasses.replace(base, certs_dir=mesh_certs, ports=ports)
+    assert CATALOG.probe(config) == probes.SERVING
+    # Without Envoy's certificate the backend does not even finish the handshake.
+    plaintext = dataclasses.replace(config, mtls=False)
+    assert CATALOG.probe(plaintext).startswith("unreachable (")
+
+
+def test_redis_probe_answers_only_where_redis_is(tmp_path: Path, redis_url: str) -> None:
+    assert probes.redis_up(stack_config(tmp_path, redis_url)) == probes.SERVING
+    absent = f"redis://127.0.0.1:{free_port()}/0"
+    assert probes.redis_up(stack_config(tmp_path, absent)) == "not answering"
+
+
+def test_the_recorder_serves_once_its_record_exists(tmp_path: Path) -> None:
+    config = stack_config(tmp_path, "redis://127.0.0.1:6379/0")
+    assert probes.record_written(config) == "no pid record written"
+    config.run_dir.mkdir(parents=True)
+    config.pid_record.write_text("{}")
+    assert probes.record_written(config) == probes.SERVING
+
+
+def test_envoy_is_not_ready_while_its_admin_is_unreachable(tmp_path: Path) -> None:
+    config = stack_config(tmp_path, "redis://127.0.0.1:6379/0")
+    assert probes.EnvoyReady(("catalog",))(config).startswith("admin unreachable (")
+
+
+def test_a_bound_port_is_not_free() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        assert not probes.port_is_free("127.0.0.1", sock.getsockname()[1])
+    assert probes.port_is_free("127.0.0.1", free_port())
