@@ -10,6 +10,7 @@ from inventory_service.store import InventoryStore
 from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from meshkit.errors import NotFound
+from meshkit.limits import MAX_LINES
 
 SERVICE_NAME = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name
 
@@ -74,7 +75,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         command = domain.parse_reserve(
             request.order_id,
             # One line past the limit is enough to refuse; the rest are never looked at.
-            [(line.sku, line.quantity) for line in request.lines[: domain.MAX_LINES + 1]],
+            [(line.sku, line.quantity) for line in request.lines[: MAX_LINES + 1]],
         )
         return reservation_to_proto(self._store.reserve(command))
 

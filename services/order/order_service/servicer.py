@@ -8,6 +8,7 @@ from google.protobuf import timestamp_pb2
 import resilience
 from mesh.common.v1 import money_pb2
 from mesh.order.v1 import order_pb2, order_pb2_grpc
+from meshkit.limits import MAX_LINES
 from order_service import domain
 from order_service.domain import Order, Status
 from order_service.orders import Orders
@@ -33,7 +34,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
         new = domain.validate_create(
             request.customer_id,
             # One line past the limit is enough to refuse; the rest are never looked at.
-            [(line.sku, line.quantity) for line in request.lines[: domain.MAX_LINES + 1]],
+            [(line.sku, line.quantity) for line in request.lines[: MAX_LINES + 1]],
             request.request_id,
         )
         return to_proto(self._orders.create(new, wait_budget(self._max_wait_s)))
