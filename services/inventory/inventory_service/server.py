@@ -28,13 +28,7 @@ def serve(settings: Settings) -> RunningServer:
     cache.invalidate()
     servicer = InventoryServicer(store)
     running = build_server(
-        ServerOptions(
-            host=settings.host,
-            port=settings.port,
-            metrics_port=settings.metrics_port,
-            max_workers=settings.max_workers,
-            tls=settings.tls,
-        ),
+        ServerOptions.of(settings),
         service_names=[SERVICE_NAME],
         registrations=[
             lambda server: inventory_pb2_grpc.add_InventoryServiceServicer_to_server(

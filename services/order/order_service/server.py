@@ -101,13 +101,7 @@ def serve(settings: Settings) -> RunningServer:
     app = build_app(settings)
     servicer = OrderServicer(app.orders, settings.duplicate_wait_s)
     running = build_server(
-        ServerOptions(
-            host=settings.host,
-            port=settings.port,
-            metrics_port=settings.metrics_port,
-            max_workers=settings.max_workers,
-            tls=settings.tls,
-        ),
+        ServerOptions.of(settings),
         service_names=[SERVICE_NAME],
         registrations=[lambda s: order_pb2_grpc.add_OrderServiceServicer_to_server(servicer, s)],
         checks={"sqlite": app.db.ping, "redis": app.ping_redis},

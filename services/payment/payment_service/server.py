@@ -39,13 +39,7 @@ def serve(
         payment_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, server)
 
     return build_server(
-        ServerOptions(
-            host=settings.host,
-            port=settings.port,
-            metrics_port=settings.metrics_port,
-            max_workers=settings.max_workers,
-            tls=settings.tls,
-        ),
+        ServerOptions.of(settings),
         service_names=[SERVICE_NAME],
         registrations=[register],
         checks={"sqlite": store.ping},

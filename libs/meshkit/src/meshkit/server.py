@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -57,6 +57,32 @@ class ServerOptions:
             raise ValueError(f"max_workers must be >= 1, got {self.max_workers}")
         if self.grace_s < 0:
             raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
+
+    @classmethod
+    def of(cls, settings: ListenSettings) -> ServerOptions:
+        """The options a service's settings give (every service's settings have these fields)."""
+        return cls(
+            host=settings.host,
+            port=settings.port,
+            metrics_port=settings.metrics_port,
+            max_workers=settings.max_workers,
+            tls=settings.tls,
+        )
+
+
+class ListenSettings(Protocol):
+    """The fields of a service's settings that say how it listens."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def metrics_port(self) -> int | None: ...
+    @property
+    def max_workers(self) -> int: ...
+    @property
+    def tls(self) -> WorkloadTls | None: ...
 
 
 #: Adds one servicer to a server, e.g. ``lambda s: add_FooServicer_to_server(FooServicer(), s)``.
