@@ -29,9 +29,10 @@ from resilience import (
     ThrottleOptions,
     deadline_scope,
 )
-from resilience._pipeline import Status
+from resilience._call import Status
 from resilience.testing import FakeClock, ScriptedRng
 
+Scripted = tuple[str, str | None]  # (code, pushback) of a failed attempt
 GET = "/test.v1.Svc/Get"  # NO_SIDE_EFFECTS
 CREATE = "/test.v1.Svc/Create"  # no idempotency level
 
@@ -39,7 +40,7 @@ CREATE = "/test.v1.Svc/Create"  # no idempotency level
 @dataclass
 class Request:
     key: bool = False
-    statuses: list[Status | None] = field(default_factory=list)  # per attempt; None = OK
+    statuses: list[Scripted | None] = field(default_factory=list)  # per attempt; None = OK
 
 
 @dataclass
@@ -50,23 +51,21 @@ class FakeTransport:
     latency: float = 0.01
     sent: list[tuple[int, float]] = field(default_factory=list)
 
-    def send(self, ctx: Request, timeout: float, attempt: int) -> Status | None:
+    def send(
+        self, ctx: Request, timeout: float, attempt: int
+    ) -> tuple[Scripted | None, Status | None]:
         self.sent.append((attempt, timeout))
         self.clock.advance(min(self.latency, timeout))
         script = ctx.statuses
-        return script[attempt - 1] if attempt <= len(script) else script[-1]
+        status = script[attempt - 1] if attempt <= len(script) else script[-1]
+        # The "response" is the scripted (code, pushback) itself.
+        return status, None if status is None else (*status, ctx.key)
 
-    def status(self, result: Status | None) -> Status | None:
-        return result
-
-    def has_key(self, ctx: Request) -> bool:
-        return ctx.key
-
-    def local_error(self, ctx: Request, failure: LocalFailure) -> Status | None:
+    def local_error(self, ctx: Request, failure: LocalFailure) -> Scripted | None:
         return (failure.code, f"local: {failure.details}")
 
 
-UNAVAILABLE: Status = ("UNAVAILABLE", None)
+UNAVAILABLE: Scripted = ("UNAVAILABLE", None)
 
 
 def policy(**kwargs: object) -> ClientPolicy:
@@ -95,7 +94,7 @@ def setup(
 
 def call(
     pipeline: Pipeline, transport: FakeTransport, request: Request, method: str = GET
-) -> Status | None:
+) -> Scripted | None:
     return pipeline.run(pipeline.plan(method), None, transport, request)
 
 
@@ -281,13 +280,15 @@ def test_per_method_breakers_are_independent() -> None:
 
 def test_bulkhead_rejects_over_the_limit() -> None:
     pipeline, transport, _, events = setup(policy(bulkhead=BulkheadOptions(max_concurrent_calls=1)))
-    inner: list[Status | None] = []
+    inner: list[Scripted | None] = []
 
     class Reentrant(FakeTransport):
-        def send(self, ctx: Request, timeout: float, attempt: int) -> Status | None:
+        def send(
+            self, ctx: Request, timeout: float, attempt: int
+        ) -> tuple[Scripted | None, Status | None]:
             # A second call while the first is in flight.
             inner.append(call(pipeline, transport, Request(statuses=[None])))
-            return None
+            return None, None
 
     assert call(pipeline, Reentrant(transport.clock), Request()) is None
     assert inner[0] is not None

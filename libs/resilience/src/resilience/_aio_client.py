@@ -9,12 +9,13 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from ._call import CallState, Status
 from ._clock import SYSTEM_CLOCK, Clock, Rng
-from ._codes import OK
+from ._codes import CANCELLED
 from ._errors import LocalFailure
 from ._events import Listener
 from ._grpc_common import code_name, grpc_code, has_idempotency_key, pushback
-from ._pipeline import Pipeline, Plan, Status
+from ._pipeline import Pipeline
 from ._policy import ClientPolicy
 
 _Ctx = tuple[Any, Any, Any]  # (continuation, call details, request)
@@ -29,25 +30,21 @@ def _error(failure: LocalFailure) -> grpc.aio.AioRpcError:
 class _AsyncUnaryAdapter:
     __slots__ = ()
 
-    async def send(self, ctx: _Ctx, timeout: float, attempt: int) -> Any:
+    async def send(self, ctx: _Ctx, timeout: float, attempt: int) -> tuple[Any, Status | None]:
         continuation, d, request = ctx
         details = grpc.aio.ClientCallDetails(
             d.method, timeout, d.metadata, d.credentials, d.wait_for_ready
         )
-        return await continuation(details, request)
-
-    async def status(self, call: Any) -> Status | None:
+        call = await continuation(details, request)
         try:
             code = await call.code()
         except asyncio.CancelledError:
             call.cancel()
             raise
         if code is grpc.StatusCode.OK:
-            return None
-        return code_name(code), pushback(await call.trailing_metadata())
-
-    def has_key(self, ctx: _Ctx) -> bool:
-        return has_idempotency_key(ctx[1].metadata, ctx[2])
+            return call, None
+        trailing = await call.trailing_metadata()
+        return call, (code_name(code), pushback(trailing), has_idempotency_key(d.metadata, request))
 
     def local_error(self, ctx: _Ctx, failure: LocalFailure) -> Any:
         raise _error(failure)
@@ -59,44 +56,40 @@ _ADAPTER = _AsyncUnaryAdapter()
 class _AioBase:
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
-        self._plans: dict[Any, Plan] = {}
         self._watchers: set[asyncio.Task[None]] = set()
-
-    def _plan(self, method: bytes | str) -> Plan:
-        plan = self._plans.get(method)
-        if plan is None:
-            name = method.decode() if isinstance(method, bytes) else method
-            plan = self._plans[method] = self._pipeline.plan(name)
-        return plan
 
     async def _stream(self, continuation: Any, d: Any, request: Any) -> Any:
         """Streams are not retried (responses may already be consumed); the rest applies."""
         pipeline = self._pipeline
-        plan = self._plan(d.method)
         try:
-            timeout, probe, start = pipeline.open_stream(plan, d.timeout)
+            call = pipeline.open_stream(pipeline.stream_plan(d.method), d.timeout)
         except LocalFailure as failure:
             raise _error(failure) from None
         details = grpc.aio.ClientCallDetails(
-            d.method, timeout, d.metadata, d.credentials, d.wait_for_ready
+            d.method, call.timeout, d.metadata, d.credentials, d.wait_for_ready
         )
         try:
-            call = await continuation(details, request)
+            rpc = await continuation(details, request)
         except BaseException:
-            pipeline.close_stream(plan, probe, start, timeout, "CANCELLED")
+            call.finish(CANCELLED)
             raise
+        _watch(call, rpc, self._watchers)
+        return rpc
 
-        async def watch() -> None:
-            try:
-                code = code_name(await call.code())
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-            pipeline.close_stream(plan, probe, start, timeout, code if code != OK else OK)
 
-        task = asyncio.ensure_future(watch())
-        self._watchers.add(task)  # a strong reference until it ends
-        task.add_done_callback(self._watchers.discard)
-        return call
+def _watch(call: CallState, rpc: Any, watchers: set[asyncio.Task[None]]) -> None:
+    """Account the stream's end when its status arrives, on a task kept alive until then."""
+
+    async def watch() -> None:
+        try:
+            code = code_name(await rpc.code())
+        except asyncio.CancelledError:
+            code = CANCELLED
+        call.finish(code)
+
+    task = asyncio.ensure_future(watch())
+    watchers.add(task)
+    task.add_done_callback(watchers.discard)
 
 
 class AioUnaryUnaryInterceptor(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
@@ -107,7 +100,7 @@ class AioUnaryUnaryInterceptor(_AioBase, grpc.aio.UnaryUnaryClientInterceptor): 
     ) -> Any:
         d = client_call_details
         return await self._pipeline.run_async(
-            self._plan(d.method), d.timeout, _ADAPTER, (continuation, d, request)
+            self._pipeline.plan(d.method), d.timeout, _ADAPTER, (continuation, d, request)
         )
 
 
@@ -157,10 +150,12 @@ class _DirectAsyncAdapter:
 
     __slots__ = ()
 
-    async def send(self, ctx: _DirectCtx, timeout: float, attempt: int) -> Any:
+    async def send(
+        self, ctx: _DirectCtx, timeout: float, attempt: int
+    ) -> tuple[Any, Status | None]:
         inner, request, metadata, credentials, wait_for_ready, compression = ctx
         try:
-            return await inner(
+            response = await inner(
                 request,
                 timeout=timeout,
                 metadata=metadata,
@@ -169,15 +164,9 @@ class _DirectAsyncAdapter:
                 compression=compression,
             )
         except grpc.aio.AioRpcError as err:
-            return err
-
-    async def status(self, result: Any) -> Status | None:
-        if not isinstance(result, grpc.aio.AioRpcError):
-            return None
-        return code_name(result.code()), pushback(result.trailing_metadata())
-
-    def has_key(self, ctx: _DirectCtx) -> bool:
-        return has_idempotency_key(ctx[2], ctx[1])
+            code, trailing = code_name(err.code()), err.trailing_metadata()
+            return err, (code, pushback(trailing), has_idempotency_key(metadata, request))
+        return response, None
 
     def local_error(self, ctx: _DirectCtx, failure: LocalFailure) -> Any:
         raise _error(failure)
@@ -222,28 +211,20 @@ class _AioStream:
     def __init__(self, inner: Any, base: _AioBase, method: str) -> None:
         self._inner = inner
         self._base = base
-        self._plan = base._pipeline.plan(method)
+        self._plan = base._pipeline.stream_plan(method)
 
     def __call__(self, request: Any, *, timeout: float | None = None, **kwargs: Any) -> Any:
-        pipeline = self._base._pipeline
-        plan = self._plan
         try:
-            attempt_timeout, probe, start = pipeline.open_stream(plan, timeout)
+            call = self._base._pipeline.open_stream(self._plan, timeout)
         except LocalFailure as failure:
             raise _error(failure) from None
-        call = self._inner(request, timeout=attempt_timeout, **kwargs)
-
-        async def watch() -> None:
-            try:
-                code = code_name(await call.code())
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-            pipeline.close_stream(plan, probe, start, attempt_timeout, code)
-
-        task = asyncio.ensure_future(watch())
-        self._base._watchers.add(task)
-        task.add_done_callback(self._base._watchers.discard)
-        return call
+        try:
+            rpc = self._inner(request, timeout=call.timeout, **kwargs)
+        except BaseException:
+            call.finish(CANCELLED)
+            raise
+        _watch(call, rpc, self._base._watchers)
+        return rpc
 
 
 class ResilientAioChannel:

@@ -333,7 +333,8 @@ class Breaker(pybreaker.CircuitBreaker):
         self._half_open_max = options.half_open_max_calls
         self._probes = 0
         self._opened_mono = 0.0
-        self._is_closed = True
+        # Read without the lock by callers: closed means `acquire()` would return False.
+        self.closed = True
         # Closed with no failure counted: a success only feeds the trip window. Kept
         # under the lock by every state change and recorded outcome; read without it.
         self._quiet = True
@@ -355,9 +356,9 @@ class Breaker(pybreaker.CircuitBreaker):
         notify: bool = False,
     ) -> pybreaker.CBStateType:
         state = _STATES[new_state](self, prev_state=prev_state, notify=notify)
-        self._is_closed = new_state == CLOSED
+        self.closed = new_state == CLOSED
         # pybreaker resets the failure count when it closes with notify, not on start-up.
-        self._quiet = self._is_closed and self._state_storage.counter == 0
+        self._quiet = self.closed and self._state_storage.counter == 0
         if new_state != OPEN:
             self._probes = 0
         if new_state == CLOSED and notify:
@@ -384,7 +385,7 @@ class Breaker(pybreaker.CircuitBreaker):
 
         Raises BreakerOpen when the attempt must not be sent.
         """
-        if self._is_closed:  # unlocked read: the happy path takes no lock
+        if self.closed:  # unlocked read: the happy path takes no lock
             return False
         with self._lock:
             name = self._state.name
@@ -436,4 +437,4 @@ class Breaker(pybreaker.CircuitBreaker):
                 state._handle_error(_FAILURE, reraise=False)
             else:
                 state._handle_success()
-            self._quiet = self._is_closed and self._state_storage.counter == 0
+            self._quiet = self.closed and self._state_storage.counter == 0

@@ -33,7 +33,7 @@ class ThrottleOptions:
 class RetryBudget:
     """The token bucket; all methods are O(1) and hold the lock only for arithmetic."""
 
-    __slots__ = ("_full", "_lock", "_milli", "_ratio", "_threshold")
+    __slots__ = ("_full", "_lock", "_milli", "_ratio", "_threshold", "full")
 
     def __init__(self, options: ThrottleOptions) -> None:
         self._full = round(options.max_tokens * 1000)
@@ -41,21 +41,25 @@ class RetryBudget:
         self._threshold = self._full // 2
         self._milli = self._full
         self._lock = threading.Lock()
+        # Read without the lock by callers: a success leaves a full bucket as it is, so the
+        # happy path may skip `on_success()` altogether.
+        self.full = True
 
     @property
     def tokens(self) -> float:
         return self._milli / 1000
 
     def on_success(self) -> None:
-        # Unlocked read: a full bucket (the happy path) needs no write at all.
-        if self._milli >= self._full:
+        if self.full:
             return
         with self._lock:
             self._milli = min(self._full, self._milli + self._ratio)
+            self.full = self._milli >= self._full
 
     def on_failure(self) -> None:
         with self._lock:
             self._milli = max(0, self._milli - 1000)
+            self.full = False
 
     def allows_retry(self) -> bool:
         return self._milli > self._threshold

@@ -33,12 +33,14 @@ class Bulkhead:
     our own, and more than `limit` calls can never be admitted at once.
     """
 
-    __slots__ = ("_free", "limit", "release")
+    __slots__ = ("_free", "limit", "release", "take")
 
     def __init__(self, options: BulkheadOptions) -> None:
         self.limit = options.max_concurrent_calls
         self._free: deque[None] = deque([None] * self.limit)
-        # Gives a slot back. A C-level partial: no Python frame on the per-call path.
+        # Take a slot (IndexError when none is free) and give it back: C-level callables,
+        # so the per-call path runs no Python frame of the bulkhead's.
+        self.take: Callable[[], object] = self._free.pop
         self.release: Callable[[], None] = functools.partial(self._free.append, None)
 
     @property

@@ -8,11 +8,13 @@ from typing import Any
 
 import grpc
 
+from ._call import Status
 from ._clock import SYSTEM_CLOCK, Clock, Rng
+from ._codes import CANCELLED
 from ._errors import LocalFailure
 from ._events import Listener
 from ._grpc_common import SyncCallDetails, code_name, grpc_code, has_idempotency_key, pushback
-from ._pipeline import Pipeline, Status
+from ._pipeline import Pipeline
 from ._policy import ClientPolicy
 
 _Ctx = tuple[Callable[[Any, Any], Any], Any, Any]  # (continuation, call details, request)
@@ -89,21 +91,16 @@ class _UnaryAdapter:
 
     __slots__ = ()
 
-    def send(self, ctx: _Ctx, timeout: float, attempt: int) -> Any:
+    def send(self, ctx: _Ctx, timeout: float, attempt: int) -> tuple[Any, Status | None]:
         continuation, d, request = ctx
         details = SyncCallDetails(
             d.method, timeout, d.metadata, d.credentials, d.wait_for_ready, d.compression
         )
-        return continuation(details, request)
-
-    def status(self, result: Any) -> Status | None:
         # _UnaryOutcome on success; the RpcError itself (also a Call) on failure.
-        if result.exception() is None:
-            return None
-        return code_name(result.code()), pushback(result.trailing_metadata())
-
-    def has_key(self, ctx: _Ctx) -> bool:
-        return has_idempotency_key(ctx[1].metadata, ctx[2])
+        outcome = continuation(details, request)
+        if outcome.exception() is None:
+            return outcome, None
+        return outcome, _status(outcome, d.metadata, request)
 
     def local_error(self, ctx: _Ctx, failure: LocalFailure) -> Any:
         return LocalRpcError(failure)
@@ -122,19 +119,20 @@ class _Base:
     def _stream(self, continuation: Callable[[Any, Any], Any], d: Any, request: Any) -> Any:
         """Streams are not retried (responses may already be consumed); the rest applies."""
         pipeline = self._pipeline
-        plan = self._plan(d.method)
         try:
-            timeout, probe, start = pipeline.open_stream(plan, d.timeout)
+            call = pipeline.open_stream(pipeline.stream_plan(d.method), d.timeout)
         except LocalFailure as failure:
             return LocalRpcError(failure)
         details = SyncCallDetails(
-            d.method, timeout, d.metadata, d.credentials, d.wait_for_ready, d.compression
+            d.method, call.timeout, d.metadata, d.credentials, d.wait_for_ready, d.compression
         )
-        call = continuation(details, request)
-        call.add_done_callback(
-            lambda c: pipeline.close_stream(plan, probe, start, timeout, code_name(c.code()))
-        )
-        return call
+        try:
+            rpc = continuation(details, request)
+        except BaseException:
+            call.finish(CANCELLED)
+            raise
+        rpc.add_done_callback(lambda c: call.finish(code_name(c.code())))
+        return rpc
 
 
 class UnaryUnaryInterceptor(_Base, grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
@@ -193,20 +191,13 @@ class _DirectAdapter:
 
     __slots__ = ()
 
-    def send(self, ctx: _DirectCtx, timeout: float, attempt: int) -> Any:
+    def send(self, ctx: _DirectCtx, timeout: float, attempt: int) -> tuple[Any, Status | None]:
         inner, request, metadata, credentials, wait_for_ready, compression = ctx
         try:
-            return inner(request, timeout, metadata, credentials, wait_for_ready, compression)
+            response = inner(request, timeout, metadata, credentials, wait_for_ready, compression)
         except grpc.RpcError as err:
-            return err
-
-    def status(self, result: Any) -> Status | None:
-        if not isinstance(result, grpc.RpcError):
-            return None
-        return code_name(result.code()), pushback(result.trailing_metadata())
-
-    def has_key(self, ctx: _DirectCtx) -> bool:
-        return has_idempotency_key(ctx[2], ctx[1])
+            return err, _status(err, metadata, request)
+        return response, None
 
     def local_error(self, ctx: _DirectCtx, failure: LocalFailure) -> Any:
         return LocalRpcError(failure)
@@ -215,14 +206,20 @@ class _DirectAdapter:
 class _DirectWithCallAdapter(_DirectAdapter):
     __slots__ = ()
 
-    def send(self, ctx: _DirectCtx, timeout: float, attempt: int) -> Any:
+    def send(self, ctx: _DirectCtx, timeout: float, attempt: int) -> tuple[Any, Status | None]:
         inner, request, metadata, credentials, wait_for_ready, compression = ctx
         try:
-            return inner.with_call(
+            response_and_call = inner.with_call(
                 request, timeout, metadata, credentials, wait_for_ready, compression
             )
         except grpc.RpcError as err:
-            return err
+            return err, _status(err, metadata, request)
+        return response_and_call, None
+
+
+def _status(call: Any, metadata: Any, request: Any) -> Status:
+    code, trailing = code_name(call.code()), call.trailing_metadata()
+    return code, pushback(trailing), has_idempotency_key(metadata, request)
 
 
 _DirectCtx = tuple[Any, Any, Any, Any, Any, Any]
