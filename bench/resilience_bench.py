@@ -80,6 +80,12 @@ def _policy() -> resilience.ClientPolicy:
     )
 
 
+def _pipeline(address: str) -> resilience.Pipeline:
+    """The pipeline variant: every policy on, a PrometheusListener subscribed."""
+    listeners = [resilience.PrometheusListener(registry=CollectorRegistry())]
+    return resilience.Pipeline(target=address, policy=_policy(), listeners=listeners)
+
+
 def _attempt_timeout(policy: resilience.ClientPolicy) -> float:
     """The timeout the pipeline puts on each attempt of the happy path."""
     per_attempt = policy.default.retry.per_attempt_timeout
@@ -202,12 +208,7 @@ def _measure(block: Callable[[], list[float]], tally: Tally) -> None:
 def _run_sync(address: str, in_flight: int, rounds: int, n: int) -> tuple[Tally, ...]:
     policy = _policy()
     bare_channel = grpc.insecure_channel(address)
-    piped_channel = resilience.intercept_channel(
-        grpc.insecure_channel(address),
-        target=address,
-        policy=policy,
-        listeners=[resilience.PrometheusListener(registry=CollectorRegistry())],
-    )
+    piped_channel = resilience.intercept_channel(grpc.insecure_channel(address), _pipeline(address))
     bare = bare_channel.unary_unary(METHOD)
     calls = (
         bare,
@@ -230,11 +231,8 @@ def _run_sync(address: str, in_flight: int, rounds: int, n: int) -> tuple[Tally,
 def _run_aio(address: str, in_flight: int, rounds: int, n: int) -> tuple[Tally, ...]:
     async def main() -> tuple[Tally, ...]:
         policy = _policy()
-        piped = resilience.aio_channel(
-            grpc.aio.insecure_channel(address),
-            target=address,
-            policy=policy,
-            listeners=[resilience.PrometheusListener(registry=CollectorRegistry())],
+        piped = resilience.intercept_aio_channel(
+            grpc.aio.insecure_channel(address), _pipeline(address)
         )
         async with grpc.aio.insecure_channel(address) as bare_channel, piped as piped_channel:
             bare = bare_channel.unary_unary(METHOD)
@@ -324,9 +322,8 @@ def _serial_calls(variant: str, n: int) -> None:
             listeners: list[resilience.Listener] = []
             if variant == "pipeline":
                 listeners.append(resilience.PrometheusListener(registry=CollectorRegistry()))
-            channel = resilience.intercept_channel(
-                channel, target=address, policy=policy, listeners=listeners
-            )
+            pipeline = resilience.Pipeline(target=address, policy=policy, listeners=listeners)
+            channel = resilience.intercept_channel(channel, pipeline)
         call = channel.unary_unary(METHOD)
         if variant == "bare+deadline":
             call = functools.partial(call, timeout=_attempt_timeout(policy))

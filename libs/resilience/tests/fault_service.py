@@ -106,9 +106,8 @@ def relay_sync(request: Any, context: Any) -> Any:
     target = request.next_targets[0]
     policy = resilience.build_policy(RELAY_POLICY, env={}, descriptors=[SERVICE])
     with grpc.insecure_channel(target) as channel:
-        stub = fault_pb2_grpc.FaultServiceStub(
-            resilience.intercept_channel(channel, target=target, policy=policy)
-        )
+        pipeline = resilience.Pipeline(target=target, policy=policy)
+        stub = fault_pb2_grpc.FaultServiceStub(resilience.intercept_channel(channel, pipeline))
         downstream = stub.Relay(_next(request))
     return fault_pb2.FaultReply(time_remaining=[mine, *downstream.time_remaining])
 
@@ -120,7 +119,9 @@ class AioRelay(fault_pb2_grpc.FaultServiceServicer):  # type: ignore[misc]
             return fault_pb2.FaultReply(time_remaining=[mine])
         target = request.next_targets[0]
         policy = resilience.build_policy(RELAY_POLICY, env={}, descriptors=[SERVICE])
-        interceptors = resilience.aio_interceptors(target=target, policy=policy)
+        interceptors = resilience.aio_interceptors(
+            resilience.Pipeline(target=target, policy=policy)
+        )
         async with grpc.aio.insecure_channel(target, interceptors=interceptors) as channel:
             downstream = await fault_pb2_grpc.FaultServiceStub(channel).Relay(_next(request))
         return fault_pb2.FaultReply(time_remaining=[mine, *downstream.time_remaining])

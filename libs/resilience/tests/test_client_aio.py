@@ -39,21 +39,21 @@ def run(
     clock: Any = None,
 ) -> None:
     async def main() -> None:
-        options: dict[str, Any] = {
-            "target": fault_server.address,
-            "policy": policy,
-            "listeners": listeners,
-            "clock": clock or resilience.SYSTEM_CLOCK,
-        }
+        pipeline = resilience.Pipeline(
+            target=fault_server.address,
+            policy=policy,
+            listeners=listeners,
+            clock=clock or resilience.SYSTEM_CLOCK,
+        )
         if mode == "interceptors":
-            interceptors = resilience.aio_interceptors(**options)
+            interceptors = resilience.aio_interceptors(pipeline)
             async with grpc.aio.insecure_channel(
                 fault_server.address, interceptors=interceptors
             ) as channel:
                 await body(pb_grpc.FaultServiceStub(channel))
         else:
-            channel = resilience.aio_channel(
-                grpc.aio.insecure_channel(fault_server.address), **options
+            channel = resilience.intercept_aio_channel(
+                grpc.aio.insecure_channel(fault_server.address), pipeline
             )
             async with channel:
                 await body(pb_grpc.FaultServiceStub(channel))

@@ -60,15 +60,12 @@ def connect(
     ) -> Any:
         channel = grpc.insecure_channel(fault_server.address)
         channels.append(channel)
-        target = fault_server.address
+        pipeline = resilience.Pipeline(
+            target=fault_server.address, policy=policy, listeners=listeners, clock=clock
+        )
         if request.param == "channel":
-            wrapped = resilience.intercept_channel(
-                channel, target=target, policy=policy, listeners=listeners, clock=clock
-            )
+            wrapped = resilience.intercept_channel(channel, pipeline)
         else:
-            pipeline = resilience.Pipeline(
-                target=target, policy=policy, listeners=listeners, clock=clock
-            )
             wrapped = grpc.intercept_channel(channel, *resilience.sync_interceptors(pipeline))
         return pb_grpc.FaultServiceStub(wrapped)
 

@@ -53,7 +53,9 @@ def open_channel(
         if credentials is None
         else grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
     )
-    return resilience.intercept_channel(channel, target=target, policy=policy, listeners=listeners)
+    return resilience.intercept_channel(
+        channel, resilience.Pipeline(target=target, policy=policy, listeners=listeners)
+    )
 
 
 _Response = TypeVar("_Response")

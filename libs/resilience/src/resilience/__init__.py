@@ -1,10 +1,12 @@
 """Deadlines, retries with a budget, circuit breakers and bulkheads for gRPC clients.
 
-Pipeline order, fixed: bulkhead -> overall deadline -> retry (with budget) -> circuit breaker ->
-per-attempt timeout. See README.md.
+Build a `Pipeline(target=..., policy=..., listeners=...)` per target, then wrap channels with
+it: `intercept_channel` / `intercept_aio_channel`, or `sync_interceptors` / `aio_interceptors`
+to compose with other interceptors. Order, fixed: bulkhead -> overall deadline -> circuit
+breaker -> retry (with budget) -> per-attempt timeout. See README.md.
 """
 
-from ._aio_client import ResilientAioChannel, aio_channel, aio_interceptors
+from ._aio_client import ResilientAioChannel, aio_interceptors, intercept_aio_channel
 from ._backoff import Wait, WaitFixed, WaitFullJitter
 from ._breaker import (
     AnyOf,
@@ -17,8 +19,7 @@ from ._breaker import (
 )
 from ._budget import RetryBudget, ThrottleOptions
 from ._bulkhead import Bulkhead, BulkheadOptions
-from ._client import LocalRpcError, ResilientChannel, intercept_channel
-from ._client import interceptors as sync_interceptors
+from ._client import LocalRpcError, ResilientChannel, intercept_channel, sync_interceptors
 from ._clock import SYSTEM_CLOCK, Clock, Rng, SystemClock
 from ._codes import NEVER_RETRYABLE as NEVER_RETRYABLE
 from ._config import ENV_OVERRIDES, ENV_POLICY_FILE, build_policy, load_policy
@@ -105,10 +106,10 @@ __all__ = [
     "Wait",
     "WaitFixed",
     "WaitFullJitter",
-    "aio_channel",
     "aio_interceptors",
     "build_policy",
     "deadline_scope",
+    "intercept_aio_channel",
     "intercept_channel",
     "load_policy",
     "remaining_time",

@@ -1,24 +1,19 @@
-"""grpc.aio client interceptors: one object per call type, each running the whole pipeline."""
+"""grpc.aio wiring: `intercept_aio_channel`, the fast way in, and `aio_interceptors`, to compose
+with other interceptors. Both run `Pipeline.run_async`; nothing here decides anything."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
 
 from ._call import CallState, Status
-from ._clock import SYSTEM_CLOCK, Clock, Rng
 from ._codes import CANCELLED
 from ._errors import LocalFailure
-from ._events import Listener
 from ._grpc_common import code_name, grpc_code, has_idempotency_key, pushback
 from ._pipeline import Pipeline
-from ._policy import ClientPolicy
-
-_Ctx = tuple[Any, Any, Any]  # (continuation, call details, request)
 
 
 def _error(failure: LocalFailure) -> grpc.aio.AioRpcError:
@@ -27,15 +22,21 @@ def _error(failure: LocalFailure) -> grpc.aio.AioRpcError:
     )
 
 
-class _AsyncUnaryAdapter:
+# -- one attempt through grpc.aio ------------------------------------------------------
+
+_ChainCtx = tuple[Any, Any, Any]  # (continuation, call details, request)
+# (the channel's multicallable, request, metadata, credentials, wait_for_ready, compression)
+_MethodCtx = tuple[Any, Any, Any, Any, Any, Any]
+
+
+class _ChainAdapter:
+    """Sends an attempt through the rest of the grpc.aio interceptor chain."""
+
     __slots__ = ()
 
-    async def send(self, ctx: _Ctx, timeout: float, attempt: int) -> tuple[Any, Status | None]:
+    async def send(self, ctx: _ChainCtx, timeout: float, attempt: int) -> tuple[Any, Status | None]:
         continuation, d, request = ctx
-        details = grpc.aio.ClientCallDetails(
-            d.method, timeout, d.metadata, d.credentials, d.wait_for_ready
-        )
-        call = await continuation(details, request)
+        call = await continuation(_details(d, timeout), request)
         try:
             code = await call.code()
         except asyncio.CancelledError:
@@ -46,112 +47,17 @@ class _AsyncUnaryAdapter:
         trailing = await call.trailing_metadata()
         return call, (code_name(code), pushback(trailing), has_idempotency_key(d.metadata, request))
 
-    def local_error(self, ctx: _Ctx, failure: LocalFailure) -> Any:
+    def local_error(self, ctx: _ChainCtx, failure: LocalFailure) -> Any:
         raise _error(failure)
 
 
-_ADAPTER = _AsyncUnaryAdapter()
-
-
-class _AioBase:
-    def __init__(self, pipeline: Pipeline) -> None:
-        self._pipeline = pipeline
-        self._watchers: set[asyncio.Task[None]] = set()
-
-    async def _stream(self, continuation: Any, d: Any, request: Any) -> Any:
-        """Streams are not retried (responses may already be consumed); the rest applies."""
-        pipeline = self._pipeline
-        try:
-            call = pipeline.open_stream(pipeline.stream_plan(d.method), d.timeout)
-        except LocalFailure as failure:
-            raise _error(failure) from None
-        details = grpc.aio.ClientCallDetails(
-            d.method, call.timeout, d.metadata, d.credentials, d.wait_for_ready
-        )
-        try:
-            rpc = await continuation(details, request)
-        except BaseException:
-            call.finish(CANCELLED)
-            raise
-        _watch(call, rpc, self._watchers)
-        return rpc
-
-
-def _watch(call: CallState, rpc: Any, watchers: set[asyncio.Task[None]]) -> None:
-    """Account the stream's end when its status arrives, on a task kept alive until then."""
-
-    async def watch() -> None:
-        try:
-            code = code_name(await rpc.code())
-        except asyncio.CancelledError:
-            code = CANCELLED
-        call.finish(code)
-
-    task = asyncio.ensure_future(watch())
-    watchers.add(task)
-    task.add_done_callback(watchers.discard)
-
-
-class AioUnaryUnaryInterceptor(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
-    """The whole pipeline for unary calls, retries included."""
-
-    async def intercept_unary_unary(
-        self, continuation: Any, client_call_details: Any, request: Any
-    ) -> Any:
-        d = client_call_details
-        return await self._pipeline.run_async(
-            self._pipeline.plan(d.method), d.timeout, _ADAPTER, (continuation, d, request)
-        )
-
-
-class AioUnaryStreamInterceptor(_AioBase, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
-    async def intercept_unary_stream(
-        self, continuation: Any, client_call_details: Any, request: Any
-    ) -> Any:
-        return await self._stream(continuation, client_call_details, request)
-
-
-class AioStreamUnaryInterceptor(_AioBase, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
-    async def intercept_stream_unary(
-        self, continuation: Any, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return await self._stream(continuation, client_call_details, request_iterator)
-
-
-class AioStreamStreamInterceptor(_AioBase, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
-    async def intercept_stream_stream(
-        self, continuation: Any, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return await self._stream(continuation, client_call_details, request_iterator)
-
-
-def aio_interceptors(
-    *,
-    target: str,
-    policy: ClientPolicy,
-    listeners: Sequence[Listener] = (),
-    clock: Clock = SYSTEM_CLOCK,
-    rng: Rng | None = None,
-    pipeline: Pipeline | None = None,
-) -> list[grpc.aio.ClientInterceptor]:
-    """The four aio interceptors (one per call type) for `grpc.aio.*_channel(interceptors=...)`."""
-    if pipeline is None:
-        pipeline = Pipeline(target=target, policy=policy, listeners=listeners, clock=clock, rng=rng)
-    return [
-        AioUnaryUnaryInterceptor(pipeline),
-        AioUnaryStreamInterceptor(pipeline),
-        AioStreamUnaryInterceptor(pipeline),
-        AioStreamStreamInterceptor(pipeline),
-    ]
-
-
-class _DirectAsyncAdapter:
-    """Sends an attempt straight to the aio channel's own multicallable."""
+class _MethodAdapter:
+    """Sends an attempt straight to the channel's own multicallable (no interceptor task)."""
 
     __slots__ = ()
 
     async def send(
-        self, ctx: _DirectCtx, timeout: float, attempt: int
+        self, ctx: _MethodCtx, timeout: float, attempt: int
     ) -> tuple[Any, Status | None]:
         inner, request, metadata, credentials, wait_for_ready, compression = ctx
         try:
@@ -168,15 +74,96 @@ class _DirectAsyncAdapter:
             return err, (code, pushback(trailing), has_idempotency_key(metadata, request))
         return response, None
 
-    def local_error(self, ctx: _DirectCtx, failure: LocalFailure) -> Any:
+    def local_error(self, ctx: _MethodCtx, failure: LocalFailure) -> Any:
         raise _error(failure)
 
 
-_DirectCtx = tuple[Any, Any, Any, Any, Any, Any]
-_DIRECT = _DirectAsyncAdapter()
+_CHAIN = _ChainAdapter()
+_METHOD = _MethodAdapter()
 
 
-class _AioUnaryUnary:
+def _details(d: Any, timeout: float) -> grpc.aio.ClientCallDetails:
+    return grpc.aio.ClientCallDetails(
+        d.method, timeout, d.metadata, d.credentials, d.wait_for_ready
+    )
+
+
+def _watch(call: CallState, rpc: Any, watchers: set[asyncio.Task[None]]) -> None:
+    """Account a stream's end when its status arrives, on a task kept alive until then."""
+
+    async def watch() -> None:
+        try:
+            code = code_name(await rpc.code())
+        except asyncio.CancelledError:
+            code = CANCELLED
+        call.finish(code)
+
+    task = asyncio.ensure_future(watch())
+    watchers.add(task)
+    task.add_done_callback(watchers.discard)
+
+
+# -- the interceptors: grpc.aio files each under one call type, so one class per type ------
+
+
+class _Interceptor:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    async def _stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        """Streams are admitted (bulkhead, deadline, breaker) but never retried: responses may
+        already be consumed."""
+        d, pipeline = client_call_details, self._pipeline
+        try:
+            call = pipeline.open_stream(pipeline.stream_plan(d.method), d.timeout)
+        except LocalFailure as failure:
+            raise _error(failure) from None
+        try:
+            rpc = await continuation(_details(d, call.timeout), request)
+        except BaseException:
+            call.finish(CANCELLED)
+            raise
+        _watch(call, rpc, self._watchers)
+        return rpc
+
+
+class _UnaryUnaryInterceptor(_Interceptor, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        d, pipeline = client_call_details, self._pipeline
+        return await pipeline.run_async(
+            pipeline.plan(d.method), d.timeout, _CHAIN, (continuation, d, request)
+        )
+
+
+class _UnaryStreamInterceptor(_Interceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
+    intercept_unary_stream = _Interceptor._stream
+
+
+class _StreamUnaryInterceptor(_Interceptor, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
+    intercept_stream_unary = _Interceptor._stream
+
+
+class _StreamStreamInterceptor(_Interceptor, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
+    intercept_stream_stream = _Interceptor._stream
+
+
+def aio_interceptors(pipeline: Pipeline) -> list[grpc.aio.ClientInterceptor]:
+    """The pipeline as grpc.aio interceptors, for `grpc.aio.*_channel(interceptors=...)`."""
+    return [
+        _UnaryUnaryInterceptor(pipeline),
+        _UnaryStreamInterceptor(pipeline),
+        _StreamUnaryInterceptor(pipeline),
+        _StreamStreamInterceptor(pipeline),
+    ]
+
+
+# -- the channel -----------------------------------------------------------------------
+
+
+class _UnaryUnaryMethod:
     """`await stub.M(request, ...)` through the pipeline; returns the response."""
 
     __slots__ = ("_inner", "_plan", "_run")
@@ -197,25 +184,28 @@ class _AioUnaryUnary:
         compression: Any = None,
     ) -> Any:
         ctx = (self._inner, request, metadata, credentials, wait_for_ready, compression)
-        result = await self._run(self._plan, timeout, _DIRECT, ctx)
+        result = await self._run(self._plan, timeout, _METHOD, ctx)
         if isinstance(result, grpc.aio.AioRpcError):
             raise result
         return result
 
 
-class _AioStream:
-    """Streaming call types: admitted by bulkhead, deadline and breaker; never retried."""
+class _StreamMethod:
+    """A streaming method of a `ResilientAioChannel`: admitted like a call, never retried."""
 
-    __slots__ = ("_base", "_inner", "_plan")
+    __slots__ = ("_inner", "_pipeline", "_plan", "_watchers")
 
-    def __init__(self, inner: Any, base: _AioBase, method: str) -> None:
+    def __init__(
+        self, inner: Any, pipeline: Pipeline, method: str, watchers: set[asyncio.Task[None]]
+    ) -> None:
         self._inner = inner
-        self._base = base
-        self._plan = base._pipeline.stream_plan(method)
+        self._pipeline = pipeline
+        self._plan = pipeline.stream_plan(method)
+        self._watchers = watchers
 
     def __call__(self, request: Any, *, timeout: float | None = None, **kwargs: Any) -> Any:
         try:
-            call = self._base._pipeline.open_stream(self._plan, timeout)
+            call = self._pipeline.open_stream(self._plan, timeout)
         except LocalFailure as failure:
             raise _error(failure) from None
         try:
@@ -223,7 +213,7 @@ class _AioStream:
         except BaseException:
             call.finish(CANCELLED)
             raise
-        _watch(call, rpc, self._base._watchers)
+        _watch(call, rpc, self._watchers)
         return rpc
 
 
@@ -238,27 +228,23 @@ class ResilientAioChannel:
     def __init__(self, channel: grpc.aio.Channel, pipeline: Pipeline) -> None:
         self._channel = channel
         self.pipeline = pipeline
-        self._streams = _AioBase(pipeline)
+        self._watchers: set[asyncio.Task[None]] = set()
 
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _AioUnaryUnary(
-            self._channel.unary_unary(method, *args, **kwargs), self.pipeline, method
-        )
+        inner = self._channel.unary_unary(method, *args, **kwargs)
+        return _UnaryUnaryMethod(inner, self.pipeline, method)
 
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _AioStream(
-            self._channel.unary_stream(method, *args, **kwargs), self._streams, method
-        )
+        inner = self._channel.unary_stream(method, *args, **kwargs)
+        return _StreamMethod(inner, self.pipeline, method, self._watchers)
 
     def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _AioStream(
-            self._channel.stream_unary(method, *args, **kwargs), self._streams, method
-        )
+        inner = self._channel.stream_unary(method, *args, **kwargs)
+        return _StreamMethod(inner, self.pipeline, method, self._watchers)
 
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return _AioStream(
-            self._channel.stream_stream(method, *args, **kwargs), self._streams, method
-        )
+        inner = self._channel.stream_stream(method, *args, **kwargs)
+        return _StreamMethod(inner, self.pipeline, method, self._watchers)
 
     def get_state(self, try_to_connect: bool = False) -> Any:
         return self._channel.get_state(try_to_connect)
@@ -279,17 +265,7 @@ class ResilientAioChannel:
         await self._channel.close(None)
 
 
-def aio_channel(
-    channel: grpc.aio.Channel,
-    *,
-    target: str,
-    policy: ClientPolicy,
-    listeners: Sequence[Listener] = (),
-    clock: Clock = SYSTEM_CLOCK,
-    rng: Rng | None = None,
-    pipeline: Pipeline | None = None,
-) -> ResilientAioChannel:
-    """Wrap a grpc.aio channel (created without interceptors) in the pipeline for `target`."""
-    if pipeline is None:
-        pipeline = Pipeline(target=target, policy=policy, listeners=listeners, clock=clock, rng=rng)
+def intercept_aio_channel(channel: grpc.aio.Channel, pipeline: Pipeline) -> ResilientAioChannel:
+    """Wrap a grpc.aio channel (made without interceptors) in `pipeline` (build one per target
+    and share it between channels)."""
     return ResilientAioChannel(channel, pipeline)

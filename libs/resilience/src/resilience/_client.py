@@ -1,23 +1,19 @@
-"""Sync grpc client interceptors: one object per call type, each running the whole pipeline."""
+"""Sync grpc wiring: `intercept_channel`, the fast way in, and `sync_interceptors`, to compose
+with other interceptors. Both run `Pipeline.run`; nothing here decides anything."""
 
 from __future__ import annotations
 
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from ._call import Status
-from ._clock import SYSTEM_CLOCK, Clock, Rng
 from ._codes import CANCELLED
 from ._errors import LocalFailure
-from ._events import Listener
 from ._grpc_common import SyncCallDetails, code_name, grpc_code, has_idempotency_key, pushback
 from ._pipeline import Pipeline
-from ._policy import ClientPolicy
-
-_Ctx = tuple[Callable[[Any, Any], Any], Any, Any]  # (continuation, call details, request)
 
 
 class LocalRpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]  # grpc bases are Any
@@ -86,112 +82,36 @@ class LocalRpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc
         raise self
 
 
-class _UnaryAdapter:
-    """Sends one attempt of a unary call through the rest of the grpc interceptor chain."""
+# -- one attempt through grpc ----------------------------------------------------------
+
+_ChainCtx = tuple[Callable[[Any, Any], Any], Any, Any]  # (continuation, call details, request)
+# (the channel's multicallable, request, metadata, credentials, wait_for_ready, compression)
+_MethodCtx = tuple[Any, Any, Any, Any, Any, Any]
+
+
+class _ChainAdapter:
+    """Sends an attempt through the rest of the grpc interceptor chain."""
 
     __slots__ = ()
 
-    def send(self, ctx: _Ctx, timeout: float, attempt: int) -> tuple[Any, Status | None]:
+    def send(self, ctx: _ChainCtx, timeout: float, attempt: int) -> tuple[Any, Status | None]:
         continuation, d, request = ctx
-        details = SyncCallDetails(
-            d.method, timeout, d.metadata, d.credentials, d.wait_for_ready, d.compression
-        )
         # _UnaryOutcome on success; the RpcError itself (also a Call) on failure.
-        outcome = continuation(details, request)
+        outcome = continuation(_details(d, timeout), request)
         if outcome.exception() is None:
             return outcome, None
         return outcome, _status(outcome, d.metadata, request)
 
-    def local_error(self, ctx: _Ctx, failure: LocalFailure) -> Any:
+    def local_error(self, ctx: _ChainCtx, failure: LocalFailure) -> Any:
         return LocalRpcError(failure)
 
 
-_ADAPTER = _UnaryAdapter()
-
-
-class _Base:
-    __slots__ = ("_pipeline", "_plan")
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        self._pipeline = pipeline
-        self._plan = pipeline.plan
-
-    def _stream(self, continuation: Callable[[Any, Any], Any], d: Any, request: Any) -> Any:
-        """Streams are not retried (responses may already be consumed); the rest applies."""
-        pipeline = self._pipeline
-        try:
-            call = pipeline.open_stream(pipeline.stream_plan(d.method), d.timeout)
-        except LocalFailure as failure:
-            return LocalRpcError(failure)
-        details = SyncCallDetails(
-            d.method, call.timeout, d.metadata, d.credentials, d.wait_for_ready, d.compression
-        )
-        try:
-            rpc = continuation(details, request)
-        except BaseException:
-            call.finish(CANCELLED)
-            raise
-        rpc.add_done_callback(lambda c: call.finish(code_name(c.code())))
-        return rpc
-
-
-class UnaryUnaryInterceptor(_Base, grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
-    """The whole pipeline for unary calls, retries included."""
+class _MethodAdapter:
+    """Sends an attempt straight to the channel's own multicallable (no interceptor layer)."""
 
     __slots__ = ()
 
-    def intercept_unary_unary(
-        self, continuation: Any, client_call_details: Any, request: Any
-    ) -> Any:
-        d = client_call_details
-        return self._pipeline.run(
-            self._plan(d.method), d.timeout, _ADAPTER, (continuation, d, request)
-        )
-
-
-class UnaryStreamInterceptor(_Base, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
-    __slots__ = ()
-
-    def intercept_unary_stream(
-        self, continuation: Any, client_call_details: Any, request: Any
-    ) -> Any:
-        return self._stream(continuation, client_call_details, request)
-
-
-class StreamUnaryInterceptor(_Base, grpc.StreamUnaryClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
-    __slots__ = ()
-
-    def intercept_stream_unary(
-        self, continuation: Any, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return self._stream(continuation, client_call_details, request_iterator)
-
-
-class StreamStreamInterceptor(_Base, grpc.StreamStreamClientInterceptor):  # type: ignore[misc]  # grpc bases are Any
-    __slots__ = ()
-
-    def intercept_stream_stream(
-        self, continuation: Any, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return self._stream(continuation, client_call_details, request_iterator)
-
-
-def interceptors(pipeline: Pipeline) -> list[Any]:
-    """The four sync interceptors (one per call type) sharing `pipeline`."""
-    return [
-        UnaryUnaryInterceptor(pipeline),
-        UnaryStreamInterceptor(pipeline),
-        StreamUnaryInterceptor(pipeline),
-        StreamStreamInterceptor(pipeline),
-    ]
-
-
-class _DirectAdapter:
-    """Sends an attempt straight to the channel's own multicallable (no grpc interceptor layer)."""
-
-    __slots__ = ()
-
-    def send(self, ctx: _DirectCtx, timeout: float, attempt: int) -> tuple[Any, Status | None]:
+    def send(self, ctx: _MethodCtx, timeout: float, attempt: int) -> tuple[Any, Status | None]:
         inner, request, metadata, credentials, wait_for_ready, compression = ctx
         try:
             response = inner(request, timeout, metadata, credentials, wait_for_ready, compression)
@@ -199,14 +119,16 @@ class _DirectAdapter:
             return err, _status(err, metadata, request)
         return response, None
 
-    def local_error(self, ctx: _DirectCtx, failure: LocalFailure) -> Any:
+    def local_error(self, ctx: _MethodCtx, failure: LocalFailure) -> Any:
         return LocalRpcError(failure)
 
 
-class _DirectWithCallAdapter(_DirectAdapter):
+class _WithCallAdapter(_MethodAdapter):
+    """`_MethodAdapter` for `.with_call()`: the response and its call."""
+
     __slots__ = ()
 
-    def send(self, ctx: _DirectCtx, timeout: float, attempt: int) -> tuple[Any, Status | None]:
+    def send(self, ctx: _MethodCtx, timeout: float, attempt: int) -> tuple[Any, Status | None]:
         inner, request, metadata, credentials, wait_for_ready, compression = ctx
         try:
             response_and_call = inner.with_call(
@@ -217,17 +139,85 @@ class _DirectWithCallAdapter(_DirectAdapter):
         return response_and_call, None
 
 
+_CHAIN = _ChainAdapter()
+_METHOD = _MethodAdapter()
+_WITH_CALL = _WithCallAdapter()
+
+
+def _details(d: Any, timeout: float) -> SyncCallDetails:
+    return SyncCallDetails(
+        d.method, timeout, d.metadata, d.credentials, d.wait_for_ready, d.compression
+    )
+
+
 def _status(call: Any, metadata: Any, request: Any) -> Status:
     code, trailing = code_name(call.code()), call.trailing_metadata()
     return code, pushback(trailing), has_idempotency_key(metadata, request)
 
 
-_DirectCtx = tuple[Any, Any, Any, Any, Any, Any]
-_DIRECT = _DirectAdapter()
-_DIRECT_WITH_CALL = _DirectWithCallAdapter()
+def _stream(pipeline: Pipeline, continuation: Any, d: Any, request: Any) -> Any:
+    """Streams are admitted (bulkhead, deadline, breaker) but never retried: responses may
+    already be consumed."""
+    try:
+        call = pipeline.open_stream(pipeline.stream_plan(d.method), d.timeout)
+    except LocalFailure as failure:
+        return LocalRpcError(failure)
+    try:
+        rpc = continuation(_details(d, call.timeout), request)
+    except BaseException:
+        call.finish(CANCELLED)
+        raise
+    rpc.add_done_callback(lambda done: call.finish(code_name(done.code())))
+    return rpc
 
 
-class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # grpc bases are Any
+# -- the interceptor -------------------------------------------------------------------
+
+
+class _Interceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]  # grpc bases are Any
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """The pipeline for every call type: sync grpc takes one object for all four."""
+
+    __slots__ = ("_pipeline",)
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        d, pipeline = client_call_details, self._pipeline
+        return pipeline.run(pipeline.plan(d.method), d.timeout, _CHAIN, (continuation, d, request))
+
+    def intercept_unary_stream(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        return _stream(self._pipeline, continuation, client_call_details, request)
+
+    def intercept_stream_unary(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return _stream(self._pipeline, continuation, client_call_details, request_iterator)
+
+    def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return _stream(self._pipeline, continuation, client_call_details, request_iterator)
+
+
+def sync_interceptors(pipeline: Pipeline) -> list[Any]:
+    """The pipeline as grpc interceptors, for `grpc.intercept_channel(channel, *...)`."""
+    return [_Interceptor(pipeline)]
+
+
+# -- the channel -----------------------------------------------------------------------
+
+
+class _UnaryUnaryMethod(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # grpc bases are Any
     """A unary method of a `ResilientChannel`: the pipeline around the real multicallable."""
 
     __slots__ = ("_inner", "_plan", "_run", "_via_interceptor")
@@ -248,7 +238,7 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # grpc b
         compression: Any = None,
     ) -> Any:
         ctx = (self._inner, request, metadata, credentials, wait_for_ready, compression)
-        result = self._run(self._plan, timeout, _DIRECT, ctx)
+        result = self._run(self._plan, timeout, _METHOD, ctx)
         if isinstance(result, grpc.RpcError):
             raise result
         return result
@@ -263,7 +253,7 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # grpc b
         compression: Any = None,
     ) -> Any:
         ctx = (self._inner, request, metadata, credentials, wait_for_ready, compression)
-        result = self._run(self._plan, timeout, _DIRECT_WITH_CALL, ctx)
+        result = self._run(self._plan, timeout, _WITH_CALL, ctx)
         if isinstance(result, grpc.RpcError):
             raise result
         return result
@@ -295,7 +285,7 @@ class ResilientChannel(grpc.Channel):  # type: ignore[misc]  # grpc bases are An
     def __init__(self, channel: grpc.Channel, pipeline: Pipeline) -> None:
         self._channel = channel
         self.pipeline = pipeline
-        self._intercepted = grpc.intercept_channel(channel, *interceptors(pipeline))
+        self._intercepted = grpc.intercept_channel(channel, _Interceptor(pipeline))
 
     def unary_unary(
         self,
@@ -305,7 +295,7 @@ class ResilientChannel(grpc.Channel):  # type: ignore[misc]  # grpc bases are An
         _registered_method: bool | None = False,
     ) -> Any:
         args = (method, request_serializer, response_deserializer, _registered_method)
-        return _UnaryUnary(
+        return _UnaryUnaryMethod(
             self._channel.unary_unary(*args),
             self._intercepted.unary_unary(*args),
             self.pipeline,
@@ -361,22 +351,6 @@ class ResilientChannel(grpc.Channel):  # type: ignore[misc]  # grpc bases are An
         self._channel.close()
 
 
-def intercept_channel(
-    channel: grpc.Channel,
-    *,
-    target: str,
-    policy: ClientPolicy,
-    listeners: Sequence[Listener] = (),
-    clock: Clock = SYSTEM_CLOCK,
-    rng: Rng | None = None,
-    pipeline: Pipeline | None = None,
-) -> grpc.Channel:
-    """Wrap a sync channel in the resilience pipeline for `target` (a `ResilientChannel`).
-
-    Pass `pipeline` to share one target's budget, breaker and bulkhead between channels;
-    `target`, `policy`, `listeners`, `clock` and `rng` are then ignored. To compose with
-    other interceptors instead, use `grpc.intercept_channel(channel, *sync_interceptors(p))`.
-    """
-    if pipeline is None:
-        pipeline = Pipeline(target=target, policy=policy, listeners=listeners, clock=clock, rng=rng)
+def intercept_channel(channel: grpc.Channel, pipeline: Pipeline) -> ResilientChannel:
+    """Wrap a sync channel in `pipeline` (build one per target and share it between channels)."""
     return ResilientChannel(channel, pipeline)
