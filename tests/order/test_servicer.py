@@ -20,12 +20,15 @@ from meshkit.limits import ERROR_TRAILER_BUDGET_BYTES, MAX_FIELD_VIOLATIONS
 from meshkit.paging import INT64_MAX, _filter_digest
 from order_service.claims import Claim
 from order_service.domain import validate_create
+from order_service.leases import lease_key
 from order_service.server import OrderApp
 from order_service.servicer import ANSWER_MARGIN_S, wait_budget
 
 from .conftest import SEED_STOCK, Inventory, Order, Payments, proto_lines, violations
 
 CONFIRMED = order_pb2.ORDER_STATUS_CONFIRMED
+#: The Redis commands a CreateOrder makes, counted by INFO commandstats (scripts' too).
+COUNTED = ("evalsha", "get", "set", "exists", "incr", "del")
 
 
 def test_sequential_duplicates_return_the_same_order_without_a_second_charge(
@@ -39,6 +42,27 @@ def test_sequential_duplicates_return_the_same_order_without_a_second_charge(
     assert first.status == CONFIRMED
     assert inventory.available("SKU-0001") == SEED_STOCK - 1
     assert payments.states(first.order_id) == ["CAPTURED"]
+
+
+def test_a_create_order_costs_the_order_service_one_redis_round_trip(
+    order: Order, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    order.create("cust-1", ("SKU-0004", 1), request_id="warm-1")  # loads the scripts
+
+    def calls() -> dict[str, int]:
+        stats = client.info("commandstats")
+        return {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in COUNTED}
+
+    before = calls()
+    placed = order.create("cust-1", ("SKU-0004", 1), request_id="count-1")
+    spent = {name: n - before[name] for name, n in calls().items()}
+
+    assert placed.status == CONFIRMED
+    # The order service's one script (claim + lease: get, set, set), and inventory's cache
+    # bump after Reserve (exists, incr). The finished order's lease is left to expire.
+    assert spent == {"evalsha": 2, "get": 1, "set": 2, "exists": 1, "incr": 1, "del": 0}
+    assert 0 < client.pttl(lease_key(placed.order_id)) <= order.settings.lock_lease_ms
 
 
 def test_concurrent_duplicates_run_one_saga_and_charge_once(
@@ -189,7 +213,9 @@ def test_a_claim_whose_runner_died_before_inserting_is_taken_over(
 ) -> None:
     request = validate_create("cust-1", [("SKU-0015", 1)], "orphan-1")
     orphan = Claim(new_id("ord"), request.fingerprint)
-    assert app.claims.claim("orphan-1", orphan) is None  # then the process died
+    lease = app.leases.lease(orphan.order_id)
+    assert app.claims.claim("orphan-1", orphan, lease) is None  # then the process died
+    app.redis.delete(lease.key)  # and its lease ran out
 
     placed = order.create("cust-1", ("SKU-0015", 1), request_id="orphan-1")
 

@@ -6,9 +6,28 @@ from dataclasses import dataclass
 
 import redis
 
-from order_service.leases import COMPARE_AND_DELETE
+from order_service.leases import COMPARE_AND_DELETE, Lease
 
 IDEMPOTENCY_TTL_S = 86_400
+
+#: Claims a request_id for a new order and takes that order's lease in the same step, so a
+#: claim is never seen without its runner's lease (a duplicate then waits, never takes over).
+#: KEYS[1] the claim key; KEYS[2] the new order's lease key.
+#: ARGV[1] the claim (order_id|fingerprint); ARGV[2] its time to live in s;
+#: ARGV[3] the lease token; ARGV[4] the lease's time to live in ms.
+#: Returns nil if the claim and the lease are now the caller's, else the claim holding the
+#: request_id; an error if the new order's lease is somehow held already.
+CLAIM_WITH_LEASE = """
+local holder = redis.call('get', KEYS[1])
+if holder then
+    return holder
+end
+if not redis.call('set', KEYS[2], ARGV[3], 'nx', 'px', ARGV[4]) then
+    return redis.error_reply('lease ' .. KEYS[2] .. ' is already held')
+end
+redis.call('set', KEYS[1], ARGV[1], 'ex', ARGV[2])
+return false
+"""
 
 
 def claim_key(request_id: str) -> str:
@@ -38,18 +57,21 @@ class Claims:
     def __init__(self, client: redis.Redis, ttl_s: int = IDEMPOTENCY_TTL_S) -> None:
         self._redis = client
         self._ttl_s = ttl_s
+        self._claim = client.register_script(CLAIM_WITH_LEASE)
         self._delete = client.register_script(COMPARE_AND_DELETE)
 
-    def claim(self, request_id: str, claim: Claim) -> Claim | None:
-        """None if ``claim`` now owns request_id, else the claim that already does."""
-        key = claim_key(request_id)
-        while True:
-            if self._redis.set(key, claim.encode(), nx=True, ex=self._ttl_s):
-                return None
-            raw = self._redis.get(key)
-            if raw is not None:
-                return Claim.decode(raw)
-            # The holder withdrew between our SET and GET: try again.
+    def claim(self, request_id: str, claim: Claim, lease: Lease) -> Claim | None:
+        """None if ``claim`` now owns request_id and ``lease`` (its new order's) is taken;
+        else the claim that already owns it, and the lease is not taken."""
+        asked_at = lease.now()
+        raw = self._claim(
+            keys=[claim_key(request_id), lease.key],
+            args=[claim.encode(), self._ttl_s, lease.token, lease.lease_ms],
+        )
+        if raw is None:
+            lease.taken(asked_at)
+            return None
+        return Claim.decode(raw)
 
     def holder(self, request_id: str) -> Claim | None:
         raw = self._redis.get(claim_key(request_id))

@@ -61,6 +61,18 @@ class Lease:
         self._confirmed_at = asked_at if taken else None
         return taken
 
+    def now(self) -> float:
+        """The leases' monotonic clock, read before asking Redis for the lease in another way."""
+        return self._leases.monotonic()
+
+    def taken(self, asked_at: float) -> None:
+        """Records that a script asked at ``asked_at`` took the lease as acquire() would."""
+        self._confirmed_at = asked_at
+
+    @property
+    def lease_ms(self) -> int:
+        return self._leases.lease_ms
+
     def extend(self) -> bool:
         """Renews the lease for another full term; False if it was lost (or Redis is away)."""
         leases = self._leases

@@ -2,7 +2,8 @@
 
 Timeline of one request_id, across threads and replicas::
 
-    first:      lease(new order_id) -> claim request_id in Redis -> insert PENDING -> saga -> answer
+    first:      claim request_id + lease new order_id (one Redis script) -> insert PENDING -> saga
+                -> answer (the lease is released only if the order is still PENDING)
     duplicate:  finds the row (or the claim) -> same fingerprint? -> waits for the first to finish
                 (bounded by its own deadline) -> answers the same order; else ALREADY_EXISTS
 
@@ -73,13 +74,14 @@ class Orders:
         mine = Claim(new_id(domain.ORDER_ID_PREFIX), request.fingerprint)
         lease = self._leases.lease(mine.order_id)
         with _redis_required():
-            lease.acquire()  # a fresh order_id: always free; held until the saga stops
-            try:
-                holder = self._claims.claim(request.request_id, mine)
-                if holder is None:
-                    return self._run_new(request, mine, lease)
-            finally:
-                lease.release()
+            holder = self._claims.claim(request.request_id, mine, lease)
+            if holder is None:
+                order = None
+                try:
+                    order = self._run_new(request, mine, lease)
+                    return order
+                finally:
+                    _let_go(lease, order)
         self._check_same_payload(request, holder.fingerprint, holder.order_id)
         return self._await(holder, request, deadline)
 
@@ -137,15 +139,17 @@ class Orders:
         lease = self._leases.lease(holder.order_id)
         if not lease.acquire():
             return None  # the first runner is still at work
+        order = None
         try:
             if self._store.get(holder.order_id) is not None:
                 return None
             if self._claims.holder(request.request_id) != holder:
                 return None
             _log.warning("%s: first runner is gone; taking over", holder.order_id)
-            return self._run_new(request, holder, lease)
+            order = self._run_new(request, holder, lease)
+            return order
         finally:
-            lease.release()
+            _let_go(lease, order)
 
     @staticmethod
     def _check_same_payload(request: NewOrder, fingerprint: str, order_id: str) -> None:
@@ -190,6 +194,16 @@ class Orders:
 def _cursor(raw: dict[str, Any]) -> Cursor:
     """The token's cursor, in the ranges SQLite and the order id format take."""
     return Cursor(cursor_int(raw, "t"), cursor_str(raw, "id", domain.ORDER_ID))
+
+
+def _let_go(lease: Lease, order: Order | None) -> None:
+    """Releases a request's lease on its order, unless the order finished.
+
+    Duplicates and recovery look at the lease of PENDING orders only, so a finished order's
+    lease guards nothing: it is left to expire, which saves CreateOrder a Redis round trip.
+    """
+    if order is None or order.status is Status.PENDING:
+        lease.release()
 
 
 @contextmanager
