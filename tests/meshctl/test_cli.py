@@ -54,3 +54,10 @@ def test_make_up_starts_its_own_redis_when_none_answers_and_make_down_leaves_not
     assert main(["status"], env) == 0
     assert "not running" in capsys.readouterr().out
     assert main(["down"], env) == 0  # a second `make down` is harmless too
+
+
+def test_a_bad_setting_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status"], {"EDGE_PORT": "http"}) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "meshctl: EDGE_PORT='http': must be an integer in 1..65535"
+    ]

@@ -62,7 +62,7 @@ def test_a_port_used_twice_is_rejected_naming_both_variables() -> None:
 
 
 def test_port_zero_is_rejected_because_envoy_needs_fixed_ports() -> None:
-    with pytest.raises(SettingsError, match=r"EDGE_PORT=0: must be in 1\.\.65535"):
+    with pytest.raises(SettingsError, match=r"EDGE_PORT=0: must be an integer in 1\.\.65535"):
         StackConfig.from_env({"EDGE_PORT": "0"})
 
 

@@ -10,9 +10,14 @@ from collections.abc import Callable, Mapping, Sequence
 from meshctl.config import StackConfig, StackError
 from meshctl.report import orphan_table, status_table
 from meshctl.stack import DEFAULT_LOG_LINES, Stack
-from meshkit.settings import env_int
+from meshkit import settings
+from meshkit.settings import SettingsError
 
 Command = Callable[[Stack, argparse.Namespace, Mapping[str, str]], int]
+
+LINES = settings.integer(
+    "LINES", DEFAULT_LOG_LINES, lo=1, hi=100_000, doc="lines of each log `make logs` shows"
+)
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> int:
@@ -25,14 +30,23 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
     commands.add_parser("down", help="stop everything `up` started")
     commands.add_parser("status", help="every program's state and health")
     commands.add_parser("logs", help="tail every log (LINES=n)")
+    commands.add_parser("settings", help="print the README's table of every setting")
     canary = commands.add_parser("canary", help="set payment v1/v2 weights live")
     canary.add_argument("v1", type=int)
     canary.add_argument("v2", type=int)
     args = parser.parse_args(argv)
+    if args.command == "settings":
+        from meshctl.docs import settings_table  # imports every service's settings
+
+        print(settings_table())
+        return 0
     try:
         stack = Stack(StackConfig.from_env(env))
         return _COMMANDS[args.command](stack, args, env)
-    except (StackError, ValueError, OSError) as error:  # SettingsError is a ValueError
+    except SettingsError as error:  # as every service does with a bad value
+        print(f"meshctl: {error}", file=sys.stderr)
+        return 2
+    except (StackError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 
@@ -71,7 +85,7 @@ def _status(stack: Stack, _args: argparse.Namespace, _env: Mapping[str, str]) ->
 
 
 def _logs(stack: Stack, _args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    print(stack.logs(env_int("LINES", DEFAULT_LOG_LINES, lo=1, hi=100_000, env=env)))
+    print(stack.logs(LINES.read(env)))
     return 0
 
 

@@ -8,16 +8,31 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from meshctl.pidrecord import RECORD_FILE
 from meshctl.registry import ADMIN_PORT, EDGE_PORT, INTERNAL_PORT, PORTS, Port
-from meshkit import tls
-from meshkit.settings import DEFAULT_HOST, DEFAULT_REDIS_URL, SettingsError, env_port, env_str
+from meshkit import settings, tls
+from meshkit.settings import DEFAULT_HOST, DEFAULT_REDIS_URL, SettingsError
 
 #: The checkout this package is installed from (editable, by `make setup`): deploy/ and var/
 #: belong to the checkout, so they are found from here, never from the working directory.
 REPO_ROOT = Path(__file__).resolve().parents[4]
 DEFAULT_STARTUP_TIMEOUT_S = 60.0
+
+
+VAR_DIR = settings.text(
+    "MESH_VAR_DIR", "var", doc="run, log, certs and data directories (relative to the checkout)"
+)
+#: The launcher's own variables; each port's is in the registry (PORTS).
+VARIABLES: tuple[settings.Var[Any], ...] = (
+    VAR_DIR,
+    settings.DATA_DIR,
+    settings.HOST,
+    settings.REDIS_URL,
+    tls.MTLS,
+    *(port.setting for port in PORTS),
+)
 
 
 class StackError(RuntimeError):
@@ -74,19 +89,20 @@ class StackConfig:
         MESH_VAR_DIR (default ``var``) holds run/, log/, data/ and certs/ (DATA_DIR overrides
         data/)."""
         root = root.resolve()
-        var = Path(env_str("MESH_VAR_DIR", "var", env=env))
+        var = Path(VAR_DIR.read(env))
         var = var if var.is_absolute() else root / var
-        data = Path(env_str("DATA_DIR", str(var / "data"), env=env))
+        # Unlike a service, the launcher keeps data under MESH_VAR_DIR unless told otherwise.
+        data = settings.DATA_DIR.read(env) if env.get(settings.DATA_DIR.name) else var / "data"
         return cls(
             root=root,
             run_dir=var / "run",
             log_dir=var / "log",
-            data_dir=data if data.is_absolute() else (root / data),
+            data_dir=data,
             certs_dir=var / "certs",
-            ports={port.var: env_port(port.var, port.default, env=env) for port in PORTS},
-            mtls=tls.mtls_enabled(env),
-            host=env_str("MESH_HOST", DEFAULT_HOST, env=env),
-            redis_url=env_str("REDIS_URL", DEFAULT_REDIS_URL, env=env),
+            ports={port.var: port.setting.read(env) for port in PORTS},
+            mtls=tls.MTLS.read(env),
+            host=settings.HOST.read(env),
+            redis_url=settings.REDIS_URL.read(env),
         )
 
     def port(self, port: Port) -> int:

@@ -15,7 +15,7 @@ from mesh.order.v1 import order_pb2
 from mesh.payment.v1 import payment_pb2
 from meshctl import probes
 from meshctl.pidrecord import RECORD_FILE
-from meshkit import tls
+from meshkit import settings, tls
 
 ORDER_SERVICE = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
 INVENTORY_SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name
@@ -28,6 +28,12 @@ class Port:
 
     var: str
     default: int
+    doc: str
+
+    @property
+    def setting(self) -> settings.Var[int]:
+        # Envoy's config and every target are written before anything starts: no port 0.
+        return settings.integer(self.var, self.default, lo=1, hi=65535, doc=self.doc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +135,11 @@ def _payment(version: str, port: Port, metrics: Port, label: str) -> Program:
     )
 
 
-EDGE_PORT = Port("EDGE_PORT", 8080)
-INTERNAL_PORT = Port("INTERNAL_PORT", 8081)
-ADMIN_PORT = Port("ENVOY_ADMIN_PORT", 9901)
+EDGE_PORT = Port("EDGE_PORT", 8080, "Envoy edge: the public API, the one address users call")
+INTERNAL_PORT = Port(
+    "INTERNAL_PORT", 8081, "Envoy internal listener: service-to-service calls (mTLS + RBAC)"
+)
+ADMIN_PORT = Port("ENVOY_ADMIN_PORT", 9901, "Envoy admin (stats, runtime, clusters)")
 
 #: Keeps the pid record (meshctl.pidlistener): started first and stopped last, so it sees
 #: every other process start and stop.
@@ -160,7 +168,7 @@ REDIS = Program(
 CATALOG = _backend(
     "catalog",
     "meshkit.catalog",
-    port=Port("CATALOG_PORT", 50050),
+    port=Port("CATALOG_PORT", 50050, "catalog: reflection and health for the edge"),
     metrics=None,
     health_service="",
     workload="catalog",
@@ -170,20 +178,23 @@ CATALOG = _backend(
 INVENTORY = _backend(
     "inventory",
     "inventory_service",
-    port=Port("INVENTORY_PORT", 50052),
-    metrics=Port("INVENTORY_METRICS_PORT", 9102),
+    port=Port("INVENTORY_PORT", 50052, "inventory"),
+    metrics=Port("INVENTORY_METRICS_PORT", 9102, "inventory /metrics"),
     health_service=INVENTORY_SERVICE,
     workload="inventory",
     priority=20,
     label="inventory",
 )
 PAYMENT_V1 = _payment(
-    "v1", Port("PAYMENT_V1_PORT", 50053), Port("PAYMENT_V1_METRICS_PORT", 9103), "payment v1"
+    "v1",
+    Port("PAYMENT_V1_PORT", 50053, "payment v1"),
+    Port("PAYMENT_V1_METRICS_PORT", 9103, "payment v1 /metrics"),
+    "payment v1",
 )
 PAYMENT_V2 = _payment(
     "v2",
-    Port("PAYMENT_V2_PORT", 50054),
-    Port("PAYMENT_V2_METRICS_PORT", 9104),
+    Port("PAYMENT_V2_PORT", 50054, "payment v2 (the canary)"),
+    Port("PAYMENT_V2_METRICS_PORT", 9104, "payment v2 /metrics"),
     "payment v2 (canary)",
 )
 #: The canary's two clusters, in the order `make canary V1=.. V2=..` names their weights.
@@ -191,8 +202,8 @@ CANARY = (PAYMENT_V1, PAYMENT_V2)
 ORDER = _backend(
     "order",
     "order_service",
-    port=Port("ORDER_PORT", 50051),
-    metrics=Port("ORDER_METRICS_PORT", 9101),
+    port=Port("ORDER_PORT", 50051, "order"),
+    metrics=Port("ORDER_METRICS_PORT", 9101, "order /metrics"),
     health_service=ORDER_SERVICE,
     workload="order",
     # Starts last and stops first: its in-flight sagas finish (or compensate) while Envoy

@@ -171,19 +171,3 @@ REDIS_URL = text(
     check=lambda url: url.startswith(("redis://", "rediss://", "unix://")),
     allowed="a URL starting with redis://, rediss:// or unix://",
 )
-
-
-# --- one-off reads -------------------------------------------------------------------------------
-# For a variable read outside a settings class (the launcher's ports, LINES of `make logs`).
-
-
-def env_int(name: str, default: int, *, lo: int, hi: int, env: Mapping[str, str]) -> int:
-    return integer(name, default, lo=lo, hi=hi, doc="").read(env)
-
-
-def env_port(name: str, default: int, *, env: Mapping[str, str]) -> int:
-    return port(name, default, doc="").read(env)
-
-
-def env_str(name: str, default: str, *, env: Mapping[str, str]) -> str:
-    return text(name, default, doc="").read(env)
