@@ -35,9 +35,15 @@ def succeed(breaker: Breaker, n: int = 1) -> None:
 
 
 def test_is_a_pybreaker_state_machine() -> None:
-    breaker = make(FakeClock())
-    assert isinstance(breaker, pybreaker.CircuitBreaker)
-    assert isinstance(breaker.state, pybreaker.CircuitClosedState)
+    clock = FakeClock()
+    breaker = make(clock, trip=ConsecutiveFailures(threshold=1), reset_timeout=1)
+    assert isinstance(breaker.circuit, pybreaker.CircuitBreaker)
+    assert isinstance(breaker.circuit.state, pybreaker.CircuitClosedState)
+    fail(breaker)
+    assert isinstance(breaker.circuit.state, pybreaker.CircuitOpenState)
+    clock.advance(1)
+    breaker.acquire()
+    assert isinstance(breaker.circuit.state, pybreaker.CircuitHalfOpenState)
 
 
 def test_consecutive_failures_open_it_and_a_success_resets_the_count() -> None:

@@ -1,21 +1,26 @@
 """Circuit breaker on pybreaker's state machine, used as "ask before, record after".
 
 pybreaker's `CircuitBreaker.call()` holds one lock for the whole wrapped call, which serialises
-every thread (pybreaker #3, #55). This module never calls it. It keeps pybreaker's states,
-counters, transitions (`open()`, `half_open()`, `close()`) and listeners, and replaces only
-the parts that assumed a wrapped call:
+every thread (pybreaker#3, pybreaker#55). So the RPC is never wrapped: `Breaker` keeps its own
+lock around `acquire()` and `record()`, and `record()` hands pybreaker a call that has already
+ended (a function that returns, or one that raises `_Failure`) through `call()`, its public
+API. pybreaker keeps the states, the consecutive-failure count, `success_threshold` and the
+transitions, reported through a `CircuitBreakerListener`; this module adds what a wrapped call
+cannot give:
 
 * `acquire()` asks before an attempt: closed passes, open fails fast until the reset timeout has
-  passed on the injected clock, half-open lets at most `half_open_max_calls` probes through;
-* `record()` feeds the outcome into pybreaker's `_handle_error` / `_handle_success`, whose
-  state hooks decide transitions; in the closed state the hook asks a `TripCondition`.
-
-When to trip is a composable value: `ConsecutiveFailures(5) | FailureRate(...)`.
+  passed on the injected clock (pybreaker times it on the wall clock, which tests cannot move),
+  half-open lets at most `half_open_max_calls` probes through;
+* in the closed state a `TripCondition` decides when to open (pybreaker's own `fail_max` is
+  out of reach): `ConsecutiveFailures(5) | FailureRate(...)`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -266,40 +271,15 @@ class BreakerOpen(LocalFailure):
 
 
 class _Failure(Exception):
-    """What pybreaker's `_handle_error` is given: it only needs an exception to pass along."""
+    """An attempt that failed, as pybreaker's `call()` sees it: the recorded function raised."""
 
 
-_FAILURE = _Failure("attempt failed with an availability error")
+def _failed() -> None:
+    raise _Failure  # a new exception each time: one raised again would grow its traceback
 
 
-class _Closed(pybreaker.CircuitClosedState):
-    def on_failure(self, exc: BaseException) -> None:
-        breaker = self._breaker
-        assert isinstance(breaker, Breaker)
-        if breaker._tracker.record_failure(breaker._clock.monotonic(), breaker.fail_counter):
-            breaker.open()
-
-    def on_success(self) -> None:
-        breaker = self._breaker
-        assert isinstance(breaker, Breaker)
-        if breaker._record_success is not None:
-            breaker._record_success(breaker._clock.monotonic())
-
-
-class _Open(pybreaker.CircuitOpenState):
+def _succeeded() -> None:
     pass
-
-
-class _HalfOpen(pybreaker.CircuitHalfOpenState):
-    def on_failure(self, exc: BaseException) -> None:  # type: ignore[override]  # pybreaker's raises; ours records
-        self._breaker.open()
-
-
-_STATES: dict[str, type[_Closed | _Open | _HalfOpen]] = {
-    CLOSED: _Closed,
-    OPEN: _Open,
-    HALF_OPEN: _HalfOpen,
-}
 
 
 class _StateListener(pybreaker.CircuitBreakerListener):
@@ -315,8 +295,25 @@ class _StateListener(pybreaker.CircuitBreakerListener):
         self._on_change(old_state.name if old_state else CLOSED, new_state.name)
 
 
-class Breaker(pybreaker.CircuitBreaker):
-    """One target's (or one method's) breaker; thread-safe, never holds its lock across an RPC."""
+class Breaker:
+    """One target's (or one method's) breaker; thread-safe, never holds a lock across an RPC."""
+
+    __slots__ = (
+        "_clock",
+        "_half_open_max",
+        "_lock",
+        "_on_state_change",
+        "_opened_at",
+        "_probes",
+        "_quiet",
+        "_record_success",
+        "_tracker",
+        "circuit",
+        "closed",
+        "name",
+        "reset_timeout",
+        "state_name",
+    )
 
     def __init__(
         self,
@@ -326,59 +323,41 @@ class Breaker(pybreaker.CircuitBreaker):
         clock: Clock,
         on_state_change: Callable[[str, str], None] | None = None,
     ) -> None:
-        # Set before super().__init__, which builds the first state through _create_new_state.
+        self.name = name
+        self.reset_timeout = options.reset_timeout
         self._clock = clock
         self._tracker = options.trip.tracker()
         self._record_success = self._tracker.record_success
         self._half_open_max = options.half_open_max_calls
+        self._on_state_change = on_state_change
+        self._lock = threading.Lock()
         self._probes = 0
-        self._opened_mono = 0.0
-        # Read without the lock by callers: closed means `acquire()` would return False.
-        self.closed = True
-        # Closed with no failure counted: a success only feeds the trip window. Kept
-        # under the lock by every state change and recorded outcome; read without it.
+        self._opened_at = 0.0
+        # Mirrors of pybreaker's state, read without the lock by callers and by the happy path.
+        self.state_name = CLOSED
+        self.closed = True  # `acquire()` would return False
+        # Closed with no failure counted: a success only feeds the trip window. Written under
+        # the lock by every state change and recorded outcome.
         self._quiet = True
-        listeners = [_StateListener(on_state_change)] if on_state_change else []
-        threshold = options.trip.threshold if isinstance(options.trip, ConsecutiveFailures) else 0
-        super().__init__(
-            fail_max=threshold,  # informative only: _Closed.on_failure asks the trip condition
-            reset_timeout=options.reset_timeout,
+        self.circuit = pybreaker.CircuitBreaker(
+            fail_max=sys.maxsize,  # never trips by itself: the trip condition decides
+            reset_timeout=options.reset_timeout,  # unused: `acquire()` times the open state
             success_threshold=options.success_threshold,
-            listeners=listeners,
+            listeners=[_StateListener(self._entered)],
             name=name,
             throw_new_error_on_trip=False,
         )
 
-    def _create_new_state(
-        self,
-        new_state: str,
-        prev_state: pybreaker.CircuitBreakerState | None = None,
-        notify: bool = False,
-    ) -> pybreaker.CBStateType:
-        state = _STATES[new_state](self, prev_state=prev_state, notify=notify)
-        self.closed = new_state == CLOSED
-        # pybreaker resets the failure count when it closes with notify, not on start-up.
-        self._quiet = self.closed and self._state_storage.counter == 0
-        if new_state != OPEN:
-            self._probes = 0
-        if new_state == CLOSED and notify:
-            self._tracker.reset()
-        return state
-
-    def open(self) -> bool:
-        with self._lock:
-            self._opened_mono = self._clock.monotonic()
-            return super().open()
-
     @property
-    def state_name(self) -> str:
-        return str(self._state.name)
+    def fail_counter(self) -> int:
+        """Consecutive failures counted by pybreaker."""
+        return int(self.circuit.fail_counter)
 
     def probe_in(self) -> float | None:
         """Seconds until an open breaker lets a probe through; None unless open."""
-        if self._state.name != OPEN:
+        if self.state_name != OPEN:
             return None
-        return max(0.0, self._opened_mono + self.reset_timeout - self._clock.monotonic())
+        return max(0.0, self._opened_at + self.reset_timeout - self._clock.monotonic())
 
     def acquire(self) -> bool:
         """Ask before an attempt: True for a half-open probe, False for a normal call.
@@ -388,16 +367,16 @@ class Breaker(pybreaker.CircuitBreaker):
         if self.closed:  # unlocked read: the happy path takes no lock
             return False
         with self._lock:
-            name = self._state.name
-            if name == CLOSED:
+            state = self.state_name
+            if state == CLOSED:
                 return False
-            if name == OPEN:
-                probe_in = self._opened_mono + self.reset_timeout - self._clock.monotonic()
+            if state == OPEN:
+                probe_in = self._opened_at + self.reset_timeout - self._clock.monotonic()
                 if probe_in > 0:
-                    raise BreakerOpen(str(self.name), OPEN, probe_in)
-                self.half_open()
+                    raise BreakerOpen(self.name, OPEN, probe_in)
+                self.circuit.half_open()
             if self._probes >= self._half_open_max:
-                raise BreakerOpen(str(self.name), HALF_OPEN, None)
+                raise BreakerOpen(self.name, HALF_OPEN, None)
             self._probes += 1
             return True
 
@@ -407,9 +386,8 @@ class Breaker(pybreaker.CircuitBreaker):
         `now` is the caller's `clock.monotonic()` reading, if it has one (saves a clock read).
         """
         if self._quiet and failed is False and not probe:
-            # Happy path. pybreaker's _handle_success would reset a zero counter, call
-            # on_success (which feeds the trip tracker) and notify listeners of nothing we
-            # subscribe to: do only the tracker part, and take no lock if it needs nothing.
+            # Happy path: pybreaker would reset a zero count and notify nobody, so only the
+            # trip tracker needs the success, and no lock is taken if it does not count them.
             record_success = self._record_success
             if record_success is None:
                 return
@@ -428,13 +406,35 @@ class Breaker(pybreaker.CircuitBreaker):
         with self._lock:
             if probe:
                 self._probes -= 1
-            state = self._state
+            state = self.state_name
             # A call admitted while closed that ends after the breaker opened says nothing
             # about the probes; only probes decide a half-open breaker.
-            if failed is None or state.name == OPEN or (state.name == HALF_OPEN and not probe):
+            if failed is None or state == OPEN or (state == HALF_OPEN and not probe):
                 return
             if failed:
-                state._handle_error(_FAILURE, reraise=False)
+                with contextlib.suppress(_Failure):
+                    self.circuit.call(_failed)  # counts it; a half-open breaker reopens
+                if state == CLOSED:
+                    failures = self.circuit.fail_counter
+                    if self._tracker.record_failure(self._clock.monotonic(), failures):
+                        self.circuit.open()
             else:
-                state._handle_success()
-            self._quiet = self.closed and self._state_storage.counter == 0
+                self.circuit.call(_succeeded)  # resets the count; half-open: may close
+                if state == CLOSED and self._record_success is not None:
+                    self._record_success(self._clock.monotonic() if now is None else now)
+            self._quiet = self.closed and self.circuit.fail_counter == 0
+
+    def _entered(self, old: str, new: str) -> None:
+        """pybreaker changed state (under `self._lock`: only this class moves it)."""
+        self.state_name = new
+        self.closed = new == CLOSED
+        if new == OPEN:
+            self._opened_at = self._clock.monotonic()
+        else:
+            self._probes = 0
+        if new == CLOSED:
+            self._tracker.reset()
+        # pybreaker resets its count on entering closed, before it notifies listeners.
+        self._quiet = self.closed and self.circuit.fail_counter == 0
+        if self._on_state_change is not None:
+            self._on_state_change(old, new)
