@@ -1,5 +1,6 @@
 """CreateOrder through Envoy at 1, 16 and 64 in flight, next to a bare gRPC call through the same
-Envoy measured in the same run, plus the RSS of every stack process.
+Envoy measured in the same run, plus the RSS of every stack process; then CreateOrder on a stack
+with mTLS on against one with mTLS off (MESH_MTLS=0), both running, in alternating blocks.
 
 The stack is started exactly as ``make up`` starts it (meshctl, supervisor, real Envoy) but on
 free ports in a temp dir with its own redis-server, so a running ``make up`` is never disturbed.
@@ -16,19 +17,20 @@ import itertools
 import os
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench._load import LoadResult, run_closed_loop
+from bench._load import CallFactory, LoadResult, run_closed_loop
 from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from mesh.order.v1 import order_pb2, order_pb2_grpc
 from meshctl.testing import running_stack
 
 IN_FLIGHT = (1, 16, 64)
+MTLS_IN_FLIGHT = 16
 SKUS = [f"SKU-{n:04d}" for n in range(1, 21)]
 CALL_TIMEOUT_S = 10.0
 
@@ -40,49 +42,73 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
+class _Orders:
+    """CreateOrder calls through one edge, each a new order, counting the CONFIRMED ones."""
+
+    def __init__(self, channel: grpc.aio.Channel, customer: str) -> None:
+        self._stub = order_pb2_grpc.OrderServiceStub(channel)
+        self._customer = customer
+        # Every call is a new order: _load's call index restarts with each block, so a
+        # request_id built from it would replay earlier orders (cheap idempotent answers).
+        self._run_id = uuid.uuid4().hex[:8]
+        self._sequence = itertools.count()
+        self.confirmed = 0
+
+    async def __call__(self, i: int) -> object:
+        order = await self._stub.CreateOrder(
+            order_pb2.CreateOrderRequest(
+                customer_id=self._customer,
+                request_id=f"bench-{self._run_id}-{next(self._sequence)}",
+                lines=[money_pb2.Line(sku=SKUS[i % len(SKUS)], quantity=1)],
+            ),
+            timeout=CALL_TIMEOUT_S,
+        )
+        if order.status == order_pb2.ORDER_STATUS_CONFIRMED:
+            self.confirmed += 1
+        return order
+
+
+async def _alternate(
+    variants: Sequence[CallFactory], in_flight: int, block_s: float, rounds: int
+) -> list[LoadResult]:
+    """Runs the variants in turn, ``rounds`` blocks each, after an unmeasured warm-up."""
+    for make_call in variants:
+        await run_closed_loop(make_call, in_flight=in_flight, duration_s=0.5)
+    totals = [LoadResult() for _ in variants]
+    for _ in range(rounds):
+        for total, make_call in zip(totals, variants, strict=True):
+            total.merge(await run_closed_loop(make_call, in_flight=in_flight, duration_s=block_s))
+    return totals
+
+
 async def _measure(
     edge: str, in_flight: int, block_s: float, rounds: int
 ) -> tuple[LoadResult, LoadResult, int]:
     async with grpc.aio.insecure_channel(edge) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        orders = order_pb2_grpc.OrderServiceStub(channel)
-        # Every call is a new order: _load's call index restarts with each block, so a
-        # request_id built from it would replay earlier orders (cheap idempotent answers).
-        run_id = uuid.uuid4().hex[:8]
-        sequence = itertools.count()
         health_request = health_pb2.HealthCheckRequest()
 
         def bare(_: int) -> Awaitable[object]:
             return health.Check(health_request, timeout=CALL_TIMEOUT_S)
 
-        confirmed = 0
+        create = _Orders(channel, f"bench-{in_flight}")
+        bare_result, orders = await _alternate([bare, create], in_flight, block_s, rounds)
+        return bare_result, orders, create.confirmed
 
-        async def create(i: int) -> object:
-            nonlocal confirmed
-            order = await orders.CreateOrder(
-                order_pb2.CreateOrderRequest(
-                    customer_id=f"bench-{in_flight}",
-                    request_id=f"bench-{run_id}-{next(sequence)}",
-                    lines=[money_pb2.Line(sku=SKUS[i % len(SKUS)], quantity=1)],
-                ),
-                timeout=CALL_TIMEOUT_S,
-            )
-            if order.status == order_pb2.ORDER_STATUS_CONFIRMED:
-                confirmed += 1
-            return order
 
-        variants: list[Callable[[int], Awaitable[object]]] = [bare, create]
-        # Warm up connections and caches outside the measurement.
-        for make_call in variants:
-            await run_closed_loop(make_call, in_flight=in_flight, duration_s=0.5)
-        confirmed = 0
-        totals = [LoadResult(), LoadResult()]
-        for _ in range(rounds):
-            for total, make_call in zip(totals, variants, strict=True):
-                total.merge(
-                    await run_closed_loop(make_call, in_flight=in_flight, duration_s=block_s)
-                )
-        return totals[0], totals[1], confirmed
+async def _measure_mtls(
+    mtls_edge: str, plain_edge: str, in_flight: int, block_s: float, rounds: int
+) -> list[tuple[LoadResult, int]]:
+    async with (
+        grpc.aio.insecure_channel(mtls_edge) as mtls_channel,
+        grpc.aio.insecure_channel(plain_edge) as plain_channel,
+    ):
+        creates = [
+            _Orders(mtls_channel, f"bench-mtls-{in_flight}"),
+            _Orders(plain_channel, f"bench-plain-{in_flight}"),
+        ]
+        results = await _alternate(creates, in_flight, block_s, rounds)
+        return [(result, create.confirmed) for result, create in zip(results, creates, strict=True)]
 
 
 def _row(name: str, in_flight: int, result: LoadResult, extra: str = "") -> str:
@@ -104,6 +130,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--in-flight", type=int, action="append", help="levels to run (default 1, 16, 64)"
+    )
+    parser.add_argument(
+        "--mtls-rounds", type=int, default=6, help="A/B blocks of mTLS on vs off (0 skips it)"
     )
     args = parser.parse_args()
     block_s, rounds = (1.0, 1) if args.quick else (args.block, args.rounds)
@@ -152,6 +181,39 @@ def main() -> None:
                 print(f"| {name:<12} | {pid:>7} | {rss / 1024:>7.1f} |")
         print(f"| {'total':<12} | {'':>7} | {total / 1024:>7.1f} |")
         _check_stock(stack.config.edge_target)
+    if args.mtls_rounds:
+        _compare_mtls(env, block_s, 1 if args.quick else args.mtls_rounds)
+
+
+def _compare_mtls(env: dict[str, str], block_s: float, rounds: int) -> None:
+    """CreateOrder with mTLS on every hop behind the edge against the same stack in plaintext;
+    both stacks run throughout, so the idle one costs both variants alike."""
+    with (
+        tempfile.TemporaryDirectory(prefix="mesh-bench-mtls-") as tmp,
+        open(os.devnull, "w") as quiet,
+        running_stack(Path(tmp) / "mtls", env, out=quiet) as mtls,
+        running_stack(Path(tmp) / "plain", env, mtls=False, out=quiet) as plain,
+    ):
+        print(
+            f"\nCreateOrder, mTLS on vs off (MESH_MTLS=0), {MTLS_IN_FLIGHT} in flight; "
+            f"{rounds} alternating blocks of {block_s:.1f} s per variant, both stacks running\n"
+        )
+        print(
+            "| call                   | in flight | calls/s   | p50 ms   | p99 ms   | "
+            "errors     | vs mTLS off    |"
+        )
+        print(
+            "|------------------------|-----------|-----------|----------|----------|"
+            "------------|----------------|"
+        )
+        (on, on_ok), (off, off_ok) = asyncio.run(
+            _measure_mtls(
+                mtls.config.edge_target, plain.config.edge_target, MTLS_IN_FLIGHT, block_s, rounds
+            )
+        )
+        ratio = f"x{on.throughput / off.throughput:.3f} calls/s" if off.throughput else ""
+        print(_row(f"mTLS on ({on_ok} ok)", MTLS_IN_FLIGHT, on, ratio))
+        print(_row(f"mTLS off ({off_ok} ok)", MTLS_IN_FLIGHT, off))
 
 
 def _check_stock(edge: str) -> None:
