@@ -257,3 +257,14 @@ def test_reason_does_not_repeat_its_kind() -> None:
 
 def test_only_compensations_are_compensating() -> None:
     assert {s for s in Step if s.compensating} == {Step.VOID_CHARGE, Step.RELEASE, Step.REFUND}
+
+
+def test_only_the_charge_position_goes_unsaved() -> None:
+    reserved = advance(
+        _order(), StepResult(outcome=Outcome.OK, reservation_id="res_1", total=Money("USD", 1))
+    )
+    assert reserved.step is Step.CHARGE
+    assert not domain.must_save(reserved)
+    assert domain.must_save(advance(reserved, StepResult(outcome=Outcome.OK, payment_id="p")))
+    assert domain.must_save(advance(reserved, StepResult(outcome=Outcome.UNKNOWN)))
+    assert all(domain.must_save(_order(step)) for step in Step if step is not Step.CHARGE)

@@ -99,6 +99,22 @@ def test_charge_done_but_not_saved_is_not_charged_twice(
     assert payments.states(order.order_id) == ["CAPTURED"]
 
 
+def test_reserve_and_charge_done_with_the_row_still_at_reserve_charge_once(
+    app: OrderApp, inventory: Inventory, payments: Payments
+) -> None:
+    # The saga saves no CHARGE position: a crash after Charge leaves the row at RESERVE.
+    order = crashed(app, Step.RESERVE)
+    reservation_id, total = reserve(inventory, order)
+    payment_id = charge(payments, order, total)
+
+    done = recovered(app, order)
+
+    assert done.status is Status.CONFIRMED
+    assert (done.reservation_id, done.payment_id, done.total) == (reservation_id, payment_id, total)
+    assert inventory.available(SKU) == SEED_STOCK - QUANTITY
+    assert payments.states(order.order_id) == ["CAPTURED"]
+
+
 def test_left_at_commit_confirms(app: OrderApp, inventory: Inventory, payments: Payments) -> None:
     order = crashed(app, Step.RESERVE)
     reservation_id, total = reserve(inventory, order)

@@ -1,6 +1,8 @@
-"""The saga end to end through CreateOrder, against real inventory and payment servers."""
+"""The saga over fake ports, and end to end through CreateOrder against real servers."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import grpc
 import pytest
@@ -8,12 +10,68 @@ import pytest
 from mesh.order.v1 import order_pb2
 from mesh.payment.v1 import payment_pb2
 from meshkit.testing import free_port, wait_until
+from order_service.domain import Line, Money, Status, Step, new_order, validate_create
+from order_service.domain import Order as SagaOrder
+from order_service.ports import Payment, Reservation
+from order_service.saga import Saga
 
 from .conftest import SEED_STOCK, Inventory, Order, Payments, StartOrder, StartPayments, violations
 
 PENDING = order_pb2.ORDER_STATUS_PENDING
 CONFIRMED = order_pb2.ORDER_STATUS_CONFIRMED
 FAILED = order_pb2.ORDER_STATUS_FAILED
+
+
+class SavingStore:
+    def __init__(self) -> None:
+        self.saved: list[SagaOrder] = []
+
+    def save(self, order: SagaOrder) -> SagaOrder:
+        self.saved.append(order)
+        return order
+
+
+class WillingInventory:
+    def reserve(self, order_id: str, lines: Sequence[Line]) -> Reservation:
+        return Reservation(reservation_id="res_1", state="RESERVED", total=Money("USD", 100))
+
+    def commit(self, reservation_id: str) -> Reservation:
+        return Reservation(reservation_id=reservation_id, state="COMMITTED", total=None)
+
+    def release(self, reservation_id: str) -> Reservation:
+        return Reservation(reservation_id=reservation_id, state="RELEASED", total=None)
+
+
+class WillingPayments:
+    def charge(self, *, order_id: str, customer_id: str, amount: Money, request_id: str) -> Payment:
+        return Payment(payment_id="pay_1", state="CAPTURED")
+
+    def void_charge(self, *, charge_request_id: str, order_id: str) -> Payment:
+        return Payment(payment_id="pay_1", state="VOIDED")
+
+    def refund(self, *, payment_id: str, request_id: str) -> Payment:
+        return Payment(payment_id=payment_id, state="REFUNDED")
+
+
+class HeldLease:
+    def keep(self) -> bool:
+        return True
+
+
+def test_the_happy_path_saves_before_commit_and_at_the_end_only() -> None:
+    store = SavingStore()
+    order = new_order("ord_" + "0" * 32, validate_create("c", [("SKU-0001", 1)], "r"))
+
+    run = Saga(store, WillingInventory(), WillingPayments()).run(order, HeldLease())
+
+    assert run.order.status is Status.CONFIRMED
+    # With the insert that is three writes: Reserve and Charge both rerun safely from RESERVE.
+    assert [(o.step, o.status) for o in store.saved] == [
+        (Step.COMMIT, Status.PENDING),
+        (Step.DONE, Status.CONFIRMED),
+    ]
+    assert (store.saved[0].reservation_id, store.saved[0].payment_id) == ("res_1", "pay_1")
+    assert store.saved[0].total == Money("USD", 100)
 
 
 def test_happy_path_confirms_with_stock_and_money_moved_once(

@@ -1,9 +1,9 @@
 """Order rules with no I/O: request validation, the fingerprint, and the saga as a state table.
 
-An order row always names the *next* action to take (its ``step``), and is saved before
-that action runs. A step's call ends in one :class:`Outcome`; :data:`TRANSITIONS` says
-where that leads. Anything not in the table keeps the order where it is: a compensation
-that could not reach its service is retried later by the recovery loop.
+An order row names the *next* action to take (its ``step``). A step's call ends in one
+:class:`Outcome`; :data:`TRANSITIONS` says where that leads. Anything not in the table keeps
+the order where it is: a compensation that could not reach its service is retried later by
+the recovery loop, which resumes an order at its saved step after a crash at any point.
 
     step         call                           OK         DECLINED  REJECTED  INVALID  UNKNOWN
     RESERVE      Reserve(order_id, lines)       CHARGE     FAILED    FAILED    FAILED   RELEASE
@@ -17,6 +17,20 @@ that could not reach its service is retried later by the recovery loop.
     or for COMMIT "the stock went back instead". INVALID is Reserve refusing the lines
     themselves (an unknown SKU; only Reserve reports it): the order FAILED, and the request
     that created it discards it and answers INVALID_ARGUMENT, so its request_id stays free.
+
+Every position is saved before its step runs, but CHARGE (:data:`UNSAVED_STEPS`); on the
+happy path that is three writes, each needed for the saga to survive a crash:
+
+    RESERVE      the insert: from the first call on, only this row says stock may be held
+    CHARGE       not saved: a saga stopped before COMMIT resumes at RESERVE, and Reserve
+                 (idempotent by order_id) and Charge (by "charge-"+order_id) answer again
+                 with the same reservation, total and payment, so nothing is lost
+    COMMIT       after Commit the stock cannot be released and Reserve answers COMMITTED,
+                 which a rerun from RESERVE would take for a refusal: recovery must go forward
+    CONFIRMED    the answer itself, which GetOrder and duplicate requests read
+
+A compensating step is saved before it runs (the decision to undo and its reason must
+survive: a rerun from RESERVE might go forward instead), and so is a finished order.
 """
 
 from __future__ import annotations
@@ -232,6 +246,15 @@ class StepResult:
     total: Money | None = None
     #: For INVALID: what the callee said is wrong with the request, field by field.
     violations: tuple[FieldViolation, ...] = ()
+
+
+#: Steps the saga starts without saving the order first (see the module docstring).
+UNSAVED_STEPS = frozenset({Step.CHARGE})
+
+
+def must_save(order: Order) -> bool:
+    """Whether the saga saves ``order`` (just advanced) before going on."""
+    return order.step not in UNSAVED_STEPS
 
 
 def advance(order: Order, result: StepResult) -> Order:

@@ -87,6 +87,7 @@ class Orders:
 
     def _run_new(self, request: NewOrder, claim: Claim, lease: Lease) -> Order | None:
         try:
+            # Before the first call: from then on only this row says stock may be held.
             order = self._store.insert(domain.new_order(claim.order_id, request))
         except DuplicateRequest:
             # Redis had lost the claim, and SQLite knows an order for this request_id.

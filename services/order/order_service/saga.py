@@ -1,8 +1,9 @@
 """The saga orchestrator: Reserve -> Charge -> Commit, compensating what was done on failure.
 
 Each step is one method that makes its call(s) and reports a :class:`domain.StepResult`;
-:func:`domain.advance` decides where that leads, and the new position is saved before
-the next step runs. Written against the ports in :mod:`order_service.ports`, not against grpc.
+:func:`domain.advance` decides where that leads, and the new position is saved before the
+next step runs unless :func:`domain.must_save` says a rerun would find it again. Written
+against the ports in :mod:`order_service.ports`, not against grpc.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class Saga:
             result = self._steps[step](order)
             moved = domain.advance(order, result)
             if moved != order:  # also keeps ids a stuck step learnt, e.g. a reservation_id
-                order = self._store.save(moved)
+                order = self._store.save(moved) if domain.must_save(moved) else moved
             if moved.status is Status.PENDING and moved.step == step:
                 _log.warning("%s: stuck at %s: %s", order.order_id, step, result.reason)
                 return Run(order)
