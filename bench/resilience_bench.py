@@ -3,7 +3,7 @@
 Three variants run in interleaved blocks inside one run, against one server process, so machine
 noise lands on all of them; each round uses another order (all six in turn):
 
-* bare: the channel's own multicallable, no timeout (the issue's baseline);
+* bare: the channel's own multicallable, no timeout (the baseline of the headline ratios);
 * bare+deadline: the same call with the timeout the pipeline sets (per-attempt 2 s), which
   separates what grpc-core charges for any call with a deadline from what the library costs;
 * pipeline: every policy on, a PrometheusListener subscribed.
@@ -16,6 +16,10 @@ Reported per scenario: the headline pipeline/bare median-latency and throughput 
 For instruction counts, `python -m bench.resilience_bench --calls VARIANT N` makes N sync calls
 of one variant (bare, bare+deadline, pipeline, pipeline-no-listener) one at a time, to run under
 `valgrind --tool=callgrind` at two values of N (the server runs outside valgrind).
+`--library VARIANT N` does the same around an in-process fake multicallable, with no grpc and no
+server, so the count is the library's own and repeats exactly (set PYTHONHASHSEED): variants
+sync, aio (the pipeline, every policy on, PrometheusListener) and sync-bare, aio-bare (the fake
+alone, to subtract).
 """
 
 from __future__ import annotations
@@ -337,10 +341,73 @@ def _serial_calls(variant: str, n: int) -> None:
         proc.wait(10)
 
 
+def _fake(
+    request: bytes,
+    timeout: float | None = None,
+    metadata: Any = None,
+    credentials: Any = None,
+    wait_for_ready: bool | None = None,
+    compression: Any = None,
+) -> bytes:
+    return request
+
+
+async def _fake_async(
+    request: bytes,
+    *,
+    timeout: float | None = None,
+    metadata: Any = None,
+    credentials: Any = None,
+    wait_for_ready: bool | None = None,
+    compression: Any = None,
+) -> bytes:
+    return request
+
+
+class _FakeChannel:
+    """Just enough of a channel for the pipeline's wrappers: every method is `method`."""
+
+    def __init__(self, method: Callable[..., Any]) -> None:
+        self._method = method
+
+    def unary_unary(self, *args: Any, **kwargs: Any) -> Callable[..., Any]:
+        return self._method
+
+    unary_stream = stream_unary = stream_stream = unary_unary
+
+
+def _library_calls(variant: str, n: int) -> None:
+    """N calls of one variant around a fake multicallable, after 50 warm-up calls."""
+    if variant == "sync-bare":
+        call: Callable[..., Any] = _fake
+    elif variant == "sync":
+        channel: Any = _FakeChannel(_fake)
+        call = resilience.intercept_channel(channel, _pipeline("fake")).unary_unary(METHOD)
+    elif variant in ("aio", "aio-bare"):
+
+        async def loop() -> None:
+            call = _fake_async
+            if variant == "aio":
+                channel: Any = _FakeChannel(_fake_async)
+                piped = resilience.intercept_aio_channel(channel, _pipeline("fake"))
+                call = piped.unary_unary(METHOD)
+            for _ in range(50 + n):
+                await call(PAYLOAD)
+
+        asyncio.run(loop())
+        return
+    else:
+        raise SystemExit(f"unknown variant {variant!r}")
+    for _ in range(50 + n):
+        call(PAYLOAD)
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--serve"]:
         asyncio.run(_serve())
     elif sys.argv[1:2] == ["--calls"] and len(sys.argv) == 4:
         _serial_calls(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1:2] == ["--library"] and len(sys.argv) == 4:
+        _library_calls(sys.argv[2], int(sys.argv[3]))
     else:
         main()

@@ -30,7 +30,7 @@ ALL_CODES = frozenset(
     }
 )
 
-# The caller's mistakes or permanent answers: retrying cannot change them (issue 3, item 2).
+# The caller's mistakes or permanent answers: retrying cannot change them.
 NEVER_RETRYABLE = frozenset(
     {
         "INVALID_ARGUMENT",
