@@ -64,7 +64,12 @@ class Saga:
             if moved.status is Status.PENDING and moved.step == step:
                 _log.warning("%s: stuck at %s: %s", order.order_id, step, result.reason)
                 return Run(order)
-            _log.info("%s: %s %s -> %s", order.order_id, step, result.outcome, order.step)
+            _log.debug("%s: %s %s -> %s", order.order_id, step, result.outcome, order.step)
+        # A confirmed order logs nothing above DEBUG: at load, a line per order costs this
+        # process and supervisord (which copies every line to the log file) more than the
+        # saga's own Redis work. A failure is rarer, and its reason worth a line.
+        if order.status is Status.FAILED:
+            _log.info("%s: FAILED: %s", order.order_id, order.failure_reason)
         return Run(order, () if result is None else result.violations)
 
     # --- forward steps ---------------------------------------------------------------------
