@@ -114,10 +114,17 @@ class GrpcInventory:
         return _reservation(_call(self._stub.Release, request, self._timeout_s))
 
 
+#: Enum numbers to the ports' state names (RESERVED, ...), worked out once, not per reply.
+_RESERVATION_STATES = {
+    value.number: value.name.removeprefix("RESERVATION_STATE_")
+    for value in inventory_pb2.ReservationState.DESCRIPTOR.values
+}
+
+
 def _reservation(reply: inventory_pb2.Reservation) -> Reservation:
     return Reservation(
         reservation_id=reply.reservation_id,
-        state=inventory_pb2.ReservationState.Name(reply.state).removeprefix("RESERVATION_STATE_"),
+        state=_RESERVATION_STATES[reply.state],
         total=_money(reply.total) if reply.HasField("total") else None,
     )
 
@@ -151,9 +158,15 @@ class GrpcPayments:
         return _payment(_call(self._stub.Refund, request, self._timeout_s))
 
 
+_PAYMENT_STATES = {
+    value.number: value.name.removeprefix("PAYMENT_STATE_")
+    for value in payment_pb2.PaymentState.DESCRIPTOR.values
+}
+
+
 def _payment(reply: payment_pb2.Payment) -> Payment:
     return Payment(
         payment_id=reply.payment_id,
-        state=payment_pb2.PaymentState.Name(reply.state).removeprefix("PAYMENT_STATE_"),
+        state=_PAYMENT_STATES[reply.state],
         decline_reason=reply.decline_reason,
     )

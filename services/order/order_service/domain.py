@@ -74,11 +74,14 @@ class NewOrder:
         return fingerprint(self.customer_id, self.lines)
 
 
+#: Compact JSON, made once: json.dumps(..., separators=...) builds a new encoder every call.
+_CANONICAL_JSON = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def fingerprint(customer_id: str, lines: Sequence[Line]) -> str:
     """sha256 of the canonical payload: the same order whatever the order of its lines."""
-    canonical = json.dumps(
-        {"customer_id": customer_id, "lines": sorted((ln.sku, ln.quantity) for ln in lines)},
-        separators=(",", ":"),
+    canonical = _CANONICAL_JSON(
+        {"customer_id": customer_id, "lines": sorted((ln.sku, ln.quantity) for ln in lines)}
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -263,17 +266,17 @@ def advance(order: Order, result: StepResult) -> Order:
         raise ValueError(f"{order.order_id} is {order.status}, not PENDING")
     target = TRANSITIONS.get((order.step, result.outcome), order.step)
     failing = target is Status.FAILED or (isinstance(target, Step) and target.compensating)
-    order = replace(
+    if isinstance(target, Step):
+        status, step = Status.PENDING, target
+    else:  # CONFIRMED or FAILED
+        status, step = target, Step.DONE
+    return replace(
         order,
+        status=status,
+        step=step,
         reservation_id=result.reservation_id or order.reservation_id,
         payment_id=result.payment_id or order.payment_id,
         total=result.total or order.total,
         # The first failure is the reason; the compensations that follow keep it.
         failure_reason=order.failure_reason or (result.reason if failing else ""),
     )
-    if target is Status.CONFIRMED:
-        return replace(order, status=Status.CONFIRMED, step=Step.DONE)
-    if target is Status.FAILED:
-        return replace(order, status=Status.FAILED, step=Step.DONE)
-    assert isinstance(target, Step)
-    return replace(order, step=target)
