@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import urllib.request
 
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from mesh.order.v1 import order_pb2
 from meshkit.testing import is_serving, wait_until
 from order_service.domain import new_order, validate_create
-from order_service.server import SERVICE_NAME, OrderApp
+from order_service.server import REFLECTION_NAMES, SERVICE_NAME, OrderApp
 
 from .conftest import SEED_STOCK, Inventory, StartOrder
 
@@ -20,6 +22,23 @@ def test_serves_health_for_the_service_when_sqlite_and_redis_answer(
     assert is_serving(target)
     assert is_serving(target, SERVICE_NAME)
     assert order.running.probe.probe_once() == {}
+
+
+def test_reflection_lists_the_whole_mesh_and_describes_each_service(
+    start_order: StartOrder,
+) -> None:
+    order = start_order()
+    stub = reflection_pb2_grpc.ServerReflectionStub(order.channel)
+
+    def ask(**fields: str) -> reflection_pb2.ServerReflectionResponse:
+        request = reflection_pb2.ServerReflectionRequest(**fields)
+        return next(iter(stub.ServerReflectionInfo(iter([request]), timeout=5)))
+
+    listed = {s.name for s in ask(list_services="").list_services_response.service}
+    assert set(REFLECTION_NAMES) <= listed
+    for name in REFLECTION_NAMES:
+        files = ask(file_containing_symbol=name).file_descriptor_response.file_descriptor_proto
+        assert files, f"no descriptor for {name}"
 
 
 def test_metrics_count_handled_calls(start_order: StartOrder) -> None:

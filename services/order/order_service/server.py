@@ -7,7 +7,9 @@ from dataclasses import dataclass
 import grpc
 import redis
 
+from mesh.inventory.v1 import inventory_pb2
 from mesh.order.v1 import order_pb2, order_pb2_grpc
+from mesh.payment.v1 import payment_pb2
 from meshkit.redis_client import connect
 from meshkit.server import RunningServer, ServerOptions, build_server, resilience_metrics
 from meshkit.sqlite import Database
@@ -22,6 +24,14 @@ from order_service.servicer import OrderServicer
 from order_service.store import SCHEMA, OrderStore
 
 SERVICE_NAME = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
+#: What this server's reflection lists: the whole mesh's API. A reflection stream has one path
+#: for every service, so Envoy sends the edge's to one backend, this one, which holds every
+#: service's descriptors already (it calls inventory and payment).
+REFLECTION_NAMES = (
+    SERVICE_NAME,
+    inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name,
+    payment_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name,
+)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -103,6 +113,7 @@ def serve(settings: Settings) -> RunningServer:
     running = build_server(
         ServerOptions.of(settings),
         service_names=[SERVICE_NAME],
+        reflection_names=REFLECTION_NAMES,
         registrations=[lambda s: order_pb2_grpc.add_OrderServiceServicer_to_server(servicer, s)],
         checks={"sqlite": app.db.ping, "redis": app.ping_redis},
     )
