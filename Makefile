@@ -34,9 +34,20 @@ $(GEN_STAMP): $(PROTOS) $(VENV_STAMP)
 venv: $(VENV_STAMP) ## create .venv with every dependency
 gen: $(GEN_STAMP) ## generate Python code from protos/
 
+# Debian's prometheus packages start a service of their own when installed (Prometheus on
+# :9090, the exporter on :9121: the ports the stack's own take). Those this target installs are
+# stopped and disabled through the invoke-rc.d that started them; installs it did not make, and
+# the stack's own processes (root's, not the prometheus user's), are left alone.
+SERVICE_PACKAGES := prometheus prometheus-redis-exporter
+
 .PHONY: system-deps
-system-deps: ## install Debian packages that are missing (redis-server)
-	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
+system-deps: ## install Debian packages that are missing (redis-server, prometheus, its Redis exporter)
+	@missing=; for package in redis-server $(SERVICE_PACKAGES); do \
+		command -v $$package >/dev/null || missing="$$missing $$package"; done; \
+	test -z "$$missing" || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing && \
+		for package in $$missing; do case " $(SERVICE_PACKAGES) " in *" $$package "*) \
+			invoke-rc.d $$package stop || true; update-rc.d $$package disable; esac; done; }
 
 .PHONY: setup
 setup: system-deps venv gen
