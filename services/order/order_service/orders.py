@@ -7,8 +7,9 @@ Timeline of one request_id, across threads and replicas::
     duplicate:  finds the row (or the claim) -> same fingerprint? -> waits for the first to finish
                 (bounded by its own deadline) -> answers the same order; else ALREADY_EXISTS
 
-The claim is withdrawn only when inventory rejects the lines (nothing is left behind), and
-SQLite's UNIQUE(request_id) catches what a Redis that lost its keys would let through.
+The claim is withdrawn when inventory rejects the lines (nothing is left behind) and when
+SQLite's UNIQUE(request_id) already holds an order for the request, which catches what a Redis
+that lost its keys would let through.
 """
 
 from __future__ import annotations
