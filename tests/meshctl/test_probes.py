@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from meshctl import probes
-from meshctl.registry import CATALOG
+from meshctl.registry import CATALOG, PROMETHEUS_PORT
 from meshctl.testing import stack_config
 from meshkit.server import RunningServer, ServerOptions, build_server
 from meshkit.testing import free_port
@@ -66,3 +68,32 @@ def test_a_bound_port_is_not_free() -> None:
         sock.listen()
         assert not probes.port_is_free("127.0.0.1", sock.getsockname()[1])
     assert probes.port_is_free("127.0.0.1", free_port())
+
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+    """200 on /ready, 503 anywhere else."""
+
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/ready" else 503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_an_http_probe_serves_on_200_only(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = stack_config(tmp_path, "redis://127.0.0.1:6379/0")
+        port = PROMETHEUS_PORT
+        config = dataclasses.replace(base, ports={**base.ports, port.var: server.server_address[1]})
+        assert probes.HttpOk(port, "/ready")(config) == probes.SERVING
+        assert probes.HttpOk(port, "/-/ready")(config) == "GET /-/ready: HTTP 503"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert probes.HttpOk(port, "/ready")(config).startswith("unreachable (")

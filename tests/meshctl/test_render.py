@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,17 @@ from supervisor.options import ProcessConfig, ServerOptions
 from meshctl import envoy, render
 from meshctl.config import StackConfig, StackError
 from meshctl.pki import ensure_certificates
-from meshctl.registry import BACKENDS, CANARY, PROGRAMS, REDIS, WORKLOADS
+from meshctl.registry import (
+    BACKENDS,
+    CANARY,
+    PROGRAMS,
+    PROMETHEUS,
+    PROMETHEUS_PORT,
+    REDIS,
+    REDIS_EXPORTER,
+    REDIS_EXPORTER_PORT,
+    WORKLOADS,
+)
 from meshctl.testing import stack_config
 from meshkit.tls import spiffe_id
 
@@ -190,6 +201,38 @@ def test_paths_and_values_reach_supervisord_unescaped(tmp_path: Path) -> None:
     assert section.logfile == str(config.log_path("supervisord"))
     assert section.directory == str(base)
     assert render.supervisord_environment(config, own_redis=False)["INVENTORY_SEED_STOCK"] == odd
+
+
+def test_telemetry_listens_on_loopback_and_gets_its_paths_and_redis_url_as_one_word(
+    tmp_path: Path,
+) -> None:
+    base = tmp_path / AWKWARD
+    url = "redis://127.0.0.1:6390/2"
+    config = dataclasses.replace(
+        stack_config(base, url),
+        host="0.0.0.0",
+        # No %: supervisord expands a program's log path twice.
+        log_dir=tmp_path / "logs",
+    )
+    _, programs = read_as_supervisord(config)
+    command = shlex.split(programs[PROMETHEUS.name].command)
+    assert command[0] == shutil.which("prometheus")
+
+    def flag(name: str) -> str:
+        return command[command.index(name) + 1]
+
+    # Prometheus's API has no authentication: loopback only, whatever MESH_HOST says.
+    assert flag("--web.listen-address") == f"127.0.0.1:{config.port(PROMETHEUS_PORT)}"
+    assert flag("--storage.tsdb.path") == str(config.prometheus_data)
+    assert flag("--config.file") == "prometheus.yml"
+    assert flag("--enable-feature") == "exemplar-storage"
+    assert programs[PROMETHEUS.name].directory == str(config.run_dir)
+    exporter = shlex.split(programs[REDIS_EXPORTER.name].command)
+    assert exporter[0] == shutil.which("prometheus-redis-exporter")
+    assert exporter[1:] == [
+        *("-redis.addr", url),
+        *("-web.listen-address", f"127.0.0.1:{config.port(REDIS_EXPORTER_PORT)}"),
+    ]
 
 
 def test_a_log_dir_supervisord_would_misread_is_refused_naming_why(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from meshctl.pidrecord import RecordedProcess
-from meshctl.registry import BACKENDS
+from meshctl.registry import BACKENDS, PROMETHEUS_PORT
 from meshctl.report import ProgramStatus, banner, orphan_table, status_table, tail
 from meshctl.testing import stack_config
 
@@ -23,6 +23,8 @@ def test_the_banner_names_every_backend_with_its_ports(tmp_path: Path) -> None:
     assert f"grpcurl -plaintext {config.edge_target} list" in text
     assert "started by the stack" in text
     assert f"{config.admin_url}/runtime_modify?routing.payment.payment_v1=50&" in text
+    [prometheus] = [line for line in text.splitlines() if line.split()[:1] == ["prometheus"]]
+    assert prometheus.split()[1] == f"http://127.0.0.1:{config.port(PROMETHEUS_PORT)}"
 
 
 def test_plaintext_is_said_in_the_banner(tmp_path: Path) -> None:
@@ -38,8 +40,8 @@ def test_tables_list_programs_in_start_order() -> None:
         ProgramStatus("order", "FATAL", 0, "-"),
     ]
     assert status_table(statuses).splitlines()[1:] == [
-        "  catalog      RUNNING        12  SERVING",
-        "  order        FATAL           -  -",
+        "  catalog        RUNNING        12  SERVING",
+        "  order          FATAL           -  -",
     ]
     orphans = [RecordedProcess("order", 40, 1), RecordedProcess("redis", 20, 1)]
     assert [row.split()[0] for row in orphan_table(orphans).splitlines()[1:]] == ["redis", "order"]

@@ -26,6 +26,8 @@ def test_defaults_are_the_briefs_ports(tmp_path: Path) -> None:
         "INVENTORY_METRICS_PORT": 9102,
         "PAYMENT_V1_METRICS_PORT": 9103,
         "PAYMENT_V2_METRICS_PORT": 9104,
+        "PROMETHEUS_PORT": 9090,
+        "REDIS_EXPORTER_PORT": 9121,
     }
     assert config.redis_url == "redis://127.0.0.1:6379/0"
     assert config.run_dir == REPO_ROOT / "var" / "run"

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
-RULE_FILES = "*_rules.yml"
+from meshctl.config import REPO_ROOT
+from meshctl.prometheus import RULE_FILES
+
+RULES_DIR = REPO_ROOT / "deploy" / "prometheus"
 
 
 def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:

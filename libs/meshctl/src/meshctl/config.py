@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from meshctl.pidrecord import RECORD_FILE
-from meshctl.registry import ADMIN_PORT, EDGE_PORT, INTERNAL_PORT, PORTS, Port
+from meshctl.registry import ADMIN_PORT, EDGE_PORT, INTERNAL_PORT, PORTS, PROMETHEUS_PORT, Port
 from meshkit import settings, tls
 from meshkit.settings import DEFAULT_HOST, DEFAULT_REDIS_URL, SettingsError
 
@@ -127,11 +127,28 @@ class StackConfig:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.port(ADMIN_PORT)}"
 
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.port(PROMETHEUS_PORT)}"
+
     # -- files -------------------------------------------------------------------------------
     @property
     def envoy_template(self) -> Path:
         """Envoy's listeners, routes, RBAC and cluster template, as users read them."""
         return self.root / "deploy" / "envoy" / "envoy.yaml"
+
+    @property
+    def rules_dir(self) -> Path:
+        """Prometheus's recording and alerting rules (``*_rules.yml``) and their unit tests."""
+        return self.root / "deploy" / "prometheus"
+
+    @property
+    def prometheus_conf(self) -> Path:
+        return self.run_dir / "prometheus.yml"
+
+    @property
+    def prometheus_data(self) -> Path:
+        return self.data_dir / "prometheus"
 
     @property
     def supervisor_conf(self) -> Path:

@@ -3,6 +3,7 @@ answers "SERVING", or why not."""
 
 from __future__ import annotations
 
+import http.client
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,27 @@ class EnvoyReady:
             return "clusters not healthy: " + ", ".join(unhealthy + missing)
         edge = serving_status(config.edge_target)
         return SERVING if edge == SERVING else f"edge health call: {edge}"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpOk:
+    """SERVING when ``GET http://127.0.0.1:<port><path>`` answers 200 (Prometheus's
+    ``/-/ready``, an exporter's ``/metrics``)."""
+
+    port: Port
+    path: str
+
+    def __call__(self, config: StackConfig) -> str:
+        connection = http.client.HTTPConnection("127.0.0.1", config.port(self.port), timeout=1.0)
+        try:
+            connection.request("GET", self.path)
+            response = connection.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException) as error:
+            return f"unreachable ({error})"
+        finally:
+            connection.close()
+        return SERVING if response.status == 200 else f"GET {self.path}: HTTP {response.status}"
 
 
 def redis_up(config: StackConfig) -> str:

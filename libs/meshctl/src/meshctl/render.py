@@ -34,9 +34,14 @@ from meshctl.registry import (
     BACKENDS,
     ENVOY_BINARY,
     PROGRAMS,
+    PROMETHEUS_BINARY,
+    PROMETHEUS_DATA,
     PYTHON,
+    REDIS_EXPORTER_BINARY,
     REDIS_PORT,
     REDIS_SERVER,
+    REDIS_TARGET,
+    Loopback,
     Port,
     Program,
     Var,
@@ -115,6 +120,10 @@ def supervisord_environment(config: StackConfig, *, own_redis: bool) -> dict[str
     env[LOG_DIR.name] = str(config.log_dir)
     env[PYTHON.name] = shlex.quote(config.python)
     env[ENVOY_BINARY.name] = shlex.quote(envoy.binary())
+    env[PROMETHEUS_BINARY.name] = shlex.quote(_installed("prometheus"))
+    env[PROMETHEUS_DATA.name] = shlex.quote(str(config.prometheus_data))
+    env[REDIS_EXPORTER_BINARY.name] = shlex.quote(_installed("prometheus-redis-exporter"))
+    env[REDIS_TARGET.name] = shlex.quote(config.redis_url)
     if own_redis:
         env[REDIS_SERVER.name] = shlex.quote(_redis_server(config))
         env[REDIS_PORT.name] = str(urllib.parse.urlsplit(config.redis_url).port or 6379)
@@ -167,7 +176,7 @@ def _settings(program: Program) -> dict[str, str]:
     if program.env:
         # Registry constants and port numbers only, none holding a quote or a comma.
         settings["environment"] = ",".join(
-            f'{key}="{_ref(value) if isinstance(value, Port | Var) else value}"'
+            f'{key}="{value if isinstance(value, str) else _expanded(value)}"'
             for key, value in program.env.items()
         )
     if program.listener:
@@ -177,11 +186,22 @@ def _settings(program: Program) -> dict[str, str]:
 
 def _command_word(word: Word) -> str:
     # A Var already is one shell word (supervisord_environment); a port is a number.
-    return shlex.quote(word) if isinstance(word, str) else _ref(word)
+    return shlex.quote(word) if isinstance(word, str) else _expanded(word)
+
+
+def _expanded(word: Port | Var | Loopback) -> str:
+    return f"127.0.0.1:{_ref(word.port)}" if isinstance(word, Loopback) else _ref(word)
 
 
 def _ref(value: Port | Var) -> str:
     return f"%(ENV_{value.var if isinstance(value, Port) else value.name})s"
+
+
+def _installed(command: str) -> str:
+    binary = shutil.which(command)
+    if binary is None:
+        raise StackError(f"{command} is not installed (make setup installs it with apt)")
+    return binary
 
 
 def _redis_server(config: StackConfig) -> str:

@@ -32,15 +32,15 @@ def start_order(name: str) -> int:
 
 
 def status_table(statuses: Sequence[ProgramStatus]) -> str:
-    rows = [f"  {'program':<12} {'state':<9} {'pid':>7}  health"]
-    rows += [f"  {s.name:<12} {s.state:<9} {s.pid or '-':>7}  {s.health}" for s in statuses]
+    rows = [f"  {'program':<14} {'state':<9} {'pid':>7}  health"]
+    rows += [f"  {s.name:<14} {s.state:<9} {s.pid or '-':>7}  {s.health}" for s in statuses]
     return "\n".join(rows)
 
 
 def orphan_table(processes: Sequence[RecordedProcess]) -> str:
-    rows = [f"  {'program':<12} {'state':<9} {'pid':>7}"]
+    rows = [f"  {'program':<14} {'state':<9} {'pid':>7}"]
     ordered = sorted(processes, key=lambda p: start_order(p.name))
-    rows += [f"  {p.name:<12} {'ORPHANED':<9} {p.pid:>7}" for p in ordered]
+    rows += [f"  {p.name:<14} {'ORPHANED':<9} {p.pid:>7}" for p in ordered]
     return "\n".join(rows)
 
 
@@ -69,6 +69,7 @@ def banner(config: StackConfig, *, own_redis: bool) -> str:
         f"  {'edge (gRPC, public API)':<26} {edge}",
         f"  {'internal (service calls)':<26} {c.internal_target}   {security}",
         f"  {'envoy admin':<26} {c.admin_url}",
+        f"  {'prometheus':<26} {c.prometheus_url}   rules in {c.rules_dir}",
     ]
     for program in BACKENDS:
         assert program.backend is not None

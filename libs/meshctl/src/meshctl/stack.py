@@ -13,7 +13,7 @@ import urllib.parse
 from pathlib import Path
 from typing import TextIO
 
-from meshctl import pki, render
+from meshctl import pki, prometheus, render
 from meshctl.config import StackConfig, StackError
 from meshctl.envoy import CANARY_RUNTIME_PREFIX, EnvoyAdmin
 from meshctl.pidrecord import SUPERVISORD
@@ -60,6 +60,7 @@ class Stack:
         _rotate(c.access_log, ACCESS_LOG_MAX_BYTES)
         environment = render.supervisord_environment(c, own_redis=own_redis)
         c.envoy_conf.write_text(render.envoy_yaml(c))
+        c.prometheus_conf.write_text(prometheus.prometheus_yml(c))
         c.supervisor_conf.write_text(render.supervisord_conf(own_redis=own_redis))
         supervisor.start(environment)
         statuses = self.wait_healthy()
