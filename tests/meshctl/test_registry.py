@@ -49,3 +49,14 @@ def test_only_redis_depends_on_whether_redis_answers() -> None:
 def test_program_looks_up_by_name() -> None:
     assert program("envoy") is ENVOY
     assert program("nope") is None
+
+
+def test_each_service_names_its_traces_and_both_payment_deployments_are_one_service() -> None:
+    names = {backend.name: backend.env["OTEL_SERVICE_NAME"] for backend in BACKENDS}
+    assert names == {
+        "catalog": "catalog",
+        "inventory": "inventory",
+        "payment_v1": "payment",
+        "payment_v2": "payment",
+        "order": "order",
+    }

@@ -17,6 +17,7 @@ import resilience
 from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from mesh.payment.v1 import payment_pb2, payment_pb2_grpc
+from meshkit import tracing
 from meshkit.errors import FieldViolation
 from order_service.domain import Line, Money
 from order_service.ports import Payment, RemoteError, Reservation
@@ -46,7 +47,8 @@ def open_channel(
     ``target`` ("inventory"), over mTLS when ``credentials`` are given.
 
     Every outbound channel is made here, and every one runs the resilience pipeline: bulkhead,
-    deadline, retry with budget, circuit breaker, per-attempt timeout (libs/resilience).
+    deadline, retry with budget, circuit breaker, per-attempt timeout (libs/resilience). When
+    tracing is on, the pipeline wraps the traced channel, so each attempt is a CLIENT span.
     """
     channel = (
         grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
@@ -54,7 +56,8 @@ def open_channel(
         else grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
     )
     return resilience.intercept_channel(
-        channel, resilience.Pipeline(target=target, policy=policy, listeners=listeners)
+        tracing.instrument_channel(channel),
+        resilience.Pipeline(target=target, policy=policy, listeners=listeners),
     )
 
 

@@ -12,12 +12,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from meshkit import tracing
 from meshkit.errors import FieldViolation
 from order_service import domain
 from order_service.domain import Order, Outcome, Status, Step, StepResult
 from order_service.ports import Inventory, Lease, Payments, RemoteError, Store
 
 _log = logging.getLogger(__name__)
+
+#: Each step is a span (saga.reserve, saga.void_charge, ...) around the calls it makes.
+_SPAN_NAMES = {step: f"saga.{step.value.lower()}" for step in Step}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +61,9 @@ class Saga:
                 _log.warning("%s: lease lost at %s", order.order_id, order.step)
                 return Run(order)
             step = order.step
-            result = self._steps[step](order)
+            with tracing.span(_SPAN_NAMES[step], {"order.id": order.order_id}) as span:
+                result = self._steps[step](order)
+                span.set_attribute("saga.outcome", result.outcome.value)
             moved = domain.advance(order, result)
             if moved != order:  # also keeps ids a stuck step learnt, e.g. a reservation_id
                 order = self._store.save(moved) if domain.must_save(moved) else moved

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from meshkit import tracing
 from meshkit.server import configure_logging, run_until_signalled
 from meshkit.settings import load_or_exit
 
@@ -17,6 +18,7 @@ _log = logging.getLogger("payment_service")
 def main() -> int:
     settings = load_or_exit("payment", Settings.from_env)
     configure_logging(f"payment-{settings.version}")
+    tracing.start("payment", version=settings.version)
     _log.info(
         "payment %s: data %s, fault rate %s (%s), latency %d ms",
         settings.version,

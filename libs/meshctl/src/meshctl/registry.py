@@ -133,7 +133,8 @@ def _backend(
     label: str,
     env: Mapping[str, Word] | None = None,
 ) -> Program:
-    """A Python gRPC service, ``python -m <module>``."""
+    """A Python gRPC service, ``python -m <module>``; its traces are named after its workload
+    (payment v1 and v2 are one service, told apart by service.version)."""
     return Program(
         name=name,
         command=(PYTHON, "-m", module),
@@ -141,7 +142,7 @@ def _backend(
         probe=probes.GrpcHealth(port, health_service),
         workload=workload,
         backend=Backend(port=port, health_service=health_service, metrics=metrics, label=label),
-        env=env or {},
+        env={"OTEL_SERVICE_NAME": workload, **(env or {})},
         scrape=None if metrics is None else Scrape(metrics),
     )
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from mesh.inventory.v1 import inventory_pb2
 from mesh.order.v1 import order_pb2
 from mesh.payment.v1 import payment_pb2
-from meshkit import settings
+from meshkit import settings, tracing
 from meshkit.server import (
     RunningServer,
     ServerOptions,
@@ -58,6 +58,7 @@ def options_from_env(env: Mapping[str, str] = os.environ) -> ServerOptions:
 def main() -> None:
     options = load_or_exit("catalog", options_from_env)
     configure_logging("catalog")
+    tracing.start("catalog")
     run_until_signalled(serve(options))
 
 

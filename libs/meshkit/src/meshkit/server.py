@@ -23,6 +23,7 @@ from prometheus_client import start_http_server
 from py_grpc_prometheus.prometheus_server_interceptor import PromServerInterceptor
 
 import resilience
+from meshkit import tracing
 from meshkit.errors import ErrorMappingInterceptor
 from meshkit.health import Check, DependencyHealth
 from meshkit.limits import MAX_RECEIVE_MESSAGE_BYTES
@@ -146,7 +147,8 @@ def build_server(
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     reflection_names: Sequence[str] | None = None,
 ) -> RunningServer:
-    """Creates, binds and starts a server with health, reflection and RED metrics.
+    """Creates, binds and starts a server with health, reflection, RED metrics and, when
+    meshkit.tracing is on, a SERVER span per call and its trace id in ``x-trace-id``.
 
     ``service_names`` are the full names of the services registered (from the
     generated ``DESCRIPTOR``); health reports each of them.
@@ -157,7 +159,10 @@ def build_server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers),
         # The deadline interceptor makes the inbound deadline cap every outbound call a handler
         # makes (libs/resilience), so a caller's budget is honoured across the whole mesh.
+        # Tracing goes outermost, so its span covers every other interceptor's work and a call
+        # they refuse is still traced.
         interceptors=[
+            *tracing.server_interceptors(),
             metrics_interceptor(),
             *peer_check,
             resilience.DeadlineServerInterceptor(),
@@ -185,7 +190,11 @@ def build_server(
     )
     if port == 0:
         raise OSError(f"could not bind {options.host}:{options.port}")
-    probe = DependencyHealth(health_servicer, service_names, checks)
+    probe = DependencyHealth(
+        health_servicer,
+        service_names,
+        {name: tracing.untraced(check) for name, check in checks.items()},
+    )
     probe.start()
     server.start()
     metrics_port = None

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from meshkit import tracing
+
 BUSY_TIMEOUT_MS = 10_000
 
 
@@ -25,6 +27,9 @@ class Database:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        # One span per write transaction (reads are single statements, cheap and many).
+        self._span_name = f"sqlite write {path.name}"
+        self._span_attributes = {"db.system.name": "sqlite", "db.namespace": path.name}
         # executescript manages its own transaction; schemas use IF NOT EXISTS so every
         # process (payment v1 and v2 share a file) can run it at start-up.
         self._connect().executescript(schema)
@@ -51,13 +56,14 @@ class Database:
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: commits on success, rolls back on any exception."""
         conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with tracing.span(self._span_name, self._span_attributes):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def read(self) -> sqlite3.Connection:
         """A connection for single-statement reads (autocommit, WAL snapshot per statement)."""

@@ -1,0 +1,265 @@
+"""OpenTelemetry traces for a service, configured by the standard ``OTEL_*`` variables.
+
+:func:`start` is off (returns None, installs nothing) unless ``OTEL_EXPORTER_OTLP_ENDPOINT``
+(or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set, so a mesh without a collector pays for
+neither the SDK's import (~18 MiB of RSS per process here) nor a span. When on, spans go
+through a BatchSpanProcessor, whose queue is bounded (``OTEL_BSP_MAX_QUEUE_SIZE``, 2048): a
+collector that is away costs dropped spans and one log line, never a slower call or a growing
+heap. The sampler is the SDK's from ``OTEL_TRACES_SAMPLER``/``_ARG`` (default: parent-based,
+always on), so a traceparent's sampled flag decides for every hop after the first.
+
+What is traced once :func:`start` (or :meth:`Tracing.activate`) ran: every server built by
+``meshkit.server.build_server`` (health and reflection excepted), channels passed through
+:func:`instrument_channel` (one CLIENT span per attempt when the resilience pipeline wraps
+them), every Redis command, and what code wraps in :func:`span` (SQLite write transactions,
+saga steps). Every traced response carries its trace id in the ``x-trace-id`` header.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+from opentelemetry import trace
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from meshkit._trace_export import ReportingExporter
+
+_log = logging.getLogger(__name__)
+
+#: Response header (initial metadata) holding the trace id, so ``grpcurl -v`` shows it.
+TRACE_ID_HEADER = "x-trace-id"
+ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+#: The services a server answers but does not trace: Envoy's health checks and grpcurl's
+#: reflection would otherwise be most of the spans.
+UNTRACED_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
+#: gRPC codes that are the server's fault: only these mark a SERVER span ERROR (OTel's rpc
+#: conventions; the grpc instrumentation uses the same set).
+SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+_RPC_GRPC_STATUS_CODE = "rpc.grpc.status_code"
+
+T = TypeVar("T")
+
+
+def endpoint(env: Mapping[str, str] = os.environ) -> str | None:
+    """Where spans go, or None when tracing is off (no endpoint, or OTEL_SDK_DISABLED)."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    return next((env[var].strip() for var in ENDPOINT_VARS if env.get(var, "").strip()), None)
+
+
+class Tracing:
+    """A tracer provider and what this process instruments with it."""
+
+    def __init__(self, provider: TracerProvider, exporter: ReportingExporter | None = None) -> None:
+        self.provider = provider
+        self._exporter = exporter
+        self.tracer = provider.get_tracer("meshkit")
+        self._redis: Any = None
+
+    def activate(self) -> Tracing:
+        """Makes this the process's tracing: servers, channels, Redis and :func:`span` use it."""
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+        global _active
+        if _active is not None and _active is not self:
+            _active.deactivate()
+        _active = self
+        self._redis = RedisInstrumentor()
+        self._redis.instrument(tracer_provider=self.provider)
+        return self
+
+    def deactivate(self) -> None:
+        """Stops instrumenting (spans already ended are still exported)."""
+        global _active
+        if self._redis is not None:
+            self._redis.uninstrument()
+            self._redis = None
+        if _active is self:
+            _active = None
+
+    def server_interceptors(self) -> list[grpc.ServerInterceptor]:
+        """The grpc instrumentation's SERVER span (outermost), then the trace-id header."""
+        from opentelemetry.instrumentation.grpc import filters, server_interceptor
+
+        untraced = filters.any_of(*(filters.service_name(s) for s in UNTRACED_SERVICES))
+        return [
+            # The instrumentation's factories are untyped.
+            server_interceptor(  # type: ignore[no-untyped-call]
+                tracer_provider=self.provider, filter_=filters.negate(untraced)
+            ),
+            TraceHeaderInterceptor(),
+        ]
+
+    def instrument_channel(self, channel: grpc.Channel) -> grpc.Channel:
+        """``channel`` with a CLIENT span per call made on it, carrying the traceparent."""
+        from opentelemetry.instrumentation.grpc import client_interceptor
+        from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
+
+        # The instrumentation's factories are untyped.
+        interceptor = client_interceptor(tracer_provider=self.provider)  # type: ignore[no-untyped-call]
+        instrumented: grpc.Channel = intercept_channel(channel, interceptor)  # type: ignore[no-untyped-call]
+        return instrumented
+
+    def shutdown(self) -> None:
+        """Exports what is queued (unless the collector is known to be away) and stops."""
+        self.deactivate()
+        if self._exporter is not None:
+            self._exporter.closing()
+        self.provider.shutdown()
+
+
+_active: Tracing | None = None
+
+
+def configure(service: str, *, version: str | None = None) -> Tracing | None:
+    """Tracing from the ``OTEL_*`` variables, not yet active; None when no endpoint is set.
+
+    ``service`` and ``version`` are the resource's defaults: ``OTEL_SERVICE_NAME`` and
+    ``OTEL_RESOURCE_ATTRIBUTES`` override them, as the OTel specification has it.
+    """
+    target = endpoint()
+    if target is None:
+        return None
+    from opentelemetry.sdk.resources import (
+        SERVICE_NAME,
+        SERVICE_VERSION,
+        OTELResourceDetector,
+        Resource,
+    )
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from meshkit._trace_export import ReportingExporter
+
+    defaults: dict[str, str] = {SERVICE_NAME: service}
+    if version is not None:
+        defaults[SERVICE_VERSION] = version
+    resource = Resource.create(defaults).merge(OTELResourceDetector().detect())
+    # shutdown_on_exit=False: start() registers Tracing.shutdown, which skips a collector that
+    # is known to be away instead of waiting on it.
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    exporter = ReportingExporter.otlp(target)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return Tracing(provider, exporter)
+
+
+def start(service: str, *, version: str | None = None) -> Tracing | None:
+    """:func:`configure`, then active, the global tracer provider, and flushed at exit."""
+    tracing = configure(service, version=version)
+    if tracing is None:
+        return None
+    tracing.activate()
+    trace.set_tracer_provider(tracing.provider)
+    atexit.register(tracing.shutdown)
+    resource = tracing.provider.resource.attributes
+    _log.info("traces of %s go to %s", resource.get("service.name"), endpoint())
+    return tracing
+
+
+def active() -> Tracing | None:
+    return _active
+
+
+def server_interceptors() -> list[grpc.ServerInterceptor]:
+    """What ``build_server`` puts first; empty when tracing is off."""
+    return [] if _active is None else _active.server_interceptors()
+
+
+def instrument_channel(channel: grpc.Channel) -> grpc.Channel:
+    """``channel``, traced when tracing is on (wrap it before the resilience pipeline, so each
+    attempt is one CLIENT span)."""
+    return channel if _active is None else _active.instrument_channel(channel)
+
+
+_NO_SPAN: AbstractContextManager[trace.Span] = nullcontext(trace.INVALID_SPAN)
+
+
+def span(
+    name: str, attributes: Mapping[str, str | int] | None = None
+) -> AbstractContextManager[trace.Span]:
+    """A span around a block, current inside it; a no-op span when tracing is off.
+
+    An exception leaving the block is recorded on the span and marks it ERROR.
+    """
+    if _active is None:
+        return _NO_SPAN
+    return _active.tracer.start_as_current_span(name, attributes=attributes)
+
+
+def untraced(check: Callable[[], T]) -> Callable[[], T]:
+    """``check`` run with instrumentation suppressed: a health probe's Redis PING every few
+    seconds would otherwise be a trace of its own."""
+
+    def run() -> T:
+        if _active is None:
+            return check()
+        from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+        with suppress_instrumentation():
+            return check()
+
+    return run
+
+
+def current_trace_id() -> str | None:
+    """The current span's trace id as 32 hex digits, or None outside a trace."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+class TraceHeaderInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """Sends the trace id as initial metadata, and gives the SERVER span the status that
+    ``abort_with_status`` set (the grpc instrumentation sees only ``abort`` and ``set_code``).
+
+    Runs inside the grpc instrumentation's interceptor, so its SERVER span is current.
+    """
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # every mesh RPC is unary; streams (health, reflection) pass as-is
+        behaviour = handler.unary_unary
+
+        def traced(request: Any, context: grpc.ServicerContext) -> Any:
+            current = trace.get_current_span()
+            span_context = current.get_span_context()
+            if span_context.is_valid:
+                context.send_initial_metadata(
+                    ((TRACE_ID_HEADER, format(span_context.trace_id, "032x")),)
+                )
+            try:
+                return behaviour(request, context)
+            except BaseException:
+                _record_status(current, context.code())
+                raise
+
+        return handler._replace(unary_unary=traced)
+
+
+def _record_status(current: trace.Span, code: grpc.StatusCode | None) -> None:
+    if code is None or code is grpc.StatusCode.OK:
+        return
+    current.set_attribute(_RPC_GRPC_STATUS_CODE, code.value[0])
+    if code in SERVER_FAULTS:
+        current.set_status(trace.Status(trace.StatusCode.ERROR, code.name))

@@ -1,0 +1,116 @@
+"""One CreateOrder through the edge is one trace across order, inventory and payment.
+
+A stack of its own exports to a real OTLP/gRPC receiver on a free port, the way
+`OTEL_EXPORTER_OTLP_ENDPOINT=... make up` exports to Jaeger; the trace is found by the
+x-trace-id header the edge answers with.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from mesh.common.v1 import money_pb2
+from mesh.order.v1 import order_pb2, order_pb2_grpc
+from meshctl.stack import Stack
+from meshctl.testing import running_stack
+from meshkit.trace_testing import OtlpReceiver, ReceivedSpan, otlp_receiver
+from meshkit.tracing import TRACE_ID_HEADER
+
+pytestmark = pytest.mark.stack
+
+SKU = "SKU-0018"
+ORDER = "/mesh.order.v1.OrderService/CreateOrder"
+#: The saga's steps for a confirmed order, each with the call it makes.
+STEPS = {
+    "saga.reserve": "/mesh.inventory.v1.InventoryService/Reserve",
+    "saga.charge": "/mesh.payment.v1.PaymentService/Charge",
+    "saga.commit": "/mesh.inventory.v1.InventoryService/Commit",
+}
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OtlpReceiver]:
+    with otlp_receiver() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def traced_stack(
+    tmp_path_factory: pytest.TempPathFactory, receiver: OtlpReceiver
+) -> Iterator[Stack]:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        # Export within 100 ms of a span's end, not the SDK's 5 s.
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    with running_stack(tmp_path_factory.mktemp("traced"), env) as running:
+        yield running
+
+
+def create_order(stack: Stack) -> tuple[order_pb2.Order, str]:
+    """A confirmed CreateOrder through the edge, and the trace id it answered with."""
+    with grpc.insecure_channel(stack.config.edge_target) as edge:
+        order, call = order_pb2_grpc.OrderServiceStub(edge).CreateOrder.with_call(
+            order_pb2.CreateOrderRequest(
+                customer_id="cust-traces",
+                request_id=f"traces-{uuid.uuid4()}",
+                lines=[money_pb2.Line(sku=SKU, quantity=1)],
+            ),
+            timeout=30,
+        )
+    assert order.status == order_pb2.ORDER_STATUS_CONFIRMED, order.failure_reason
+    headers = dict(call.initial_metadata())
+    assert TRACE_ID_HEADER in headers, headers
+    return order, headers[TRACE_ID_HEADER]
+
+
+def _one(spans: list[ReceivedSpan], service: str, kind: str, name: str) -> ReceivedSpan:
+    found = [s for s in spans if (s.service, s.kind, s.name) == (service, kind, name)]
+    assert len(found) == 1, f"{service} {kind} {name}: {len(found)} spans"
+    return found[0]
+
+
+def _complete(spans: list[ReceivedSpan]) -> bool:
+    """Every saga step's call has reached its server, and every parent is in."""
+    ids = {s.span_id for s in spans}
+    servers = {(s.service, s.name) for s in spans if s.kind == "SERVER"}
+    wanted = {("order", ORDER)} | {(c.split(".")[1], c) for c in STEPS.values()}
+    return wanted <= servers and all(s.parent_id in ids for s in spans if s.parent_id)
+
+
+def test_one_order_is_one_trace_with_each_hop_under_the_call_that_made_it(
+    traced_stack: Stack, receiver: OtlpReceiver
+) -> None:
+    order, trace_id = create_order(traced_stack)
+    spans = receiver.wait_for(_complete, trace_id=trace_id)
+    assert {s.service for s in spans} >= {"order", "inventory", "payment"}
+    by_id = {s.span_id: s for s in spans}
+
+    root = _one(spans, "order", "SERVER", ORDER)
+    assert root.parent_id == ""  # nobody upstream traced this call
+    for step, method in STEPS.items():
+        step_span = _one(spans, "order", "INTERNAL", step)
+        assert step_span.parent_id == root.span_id
+        assert step_span.attributes["order.id"] == order.order_id
+        assert step_span.attributes["saga.outcome"] == "OK"
+        # The grpc CLIENT span of the step's call, and the callee's SERVER span under it:
+        # the traceparent crossed Envoy's internal listener.
+        client = _one(spans, "order", "CLIENT", method)
+        assert client.parent_id == step_span.span_id
+        callee = method.split(".")[1]
+        server = _one(spans, callee, "SERVER", method)
+        assert server.parent_id == client.span_id
+        assert server.attributes["rpc.grpc.status_code"] == 0
+
+    charge = _one(spans, "payment", "SERVER", STEPS["saga.charge"])
+    assert charge.resource["service.version"] in ("v1", "v2")
+    # Each service's SQLite write transactions are spans under the call that made them.
+    writes = {(s.service, by_id[s.parent_id].name) for s in spans if s.name.startswith("sqlite")}
+    assert ("payment", STEPS["saga.charge"]) in writes
+    assert ("inventory", STEPS["saga.reserve"]) in writes
+    # Redis commands (the order's claim, inventory's cache) are spans of the same trace.
+    assert any(s.attributes.get("db.system") == "redis" for s in spans)
