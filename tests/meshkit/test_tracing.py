@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
+import resilience
 from meshkit import tracing
 from meshkit._trace_export import ReportingExporter
 from meshkit.errors import InvalidArgument, Unavailable
@@ -314,3 +315,12 @@ def test_an_outage_is_reported_once_and_its_end_once(caplog: pytest.LogCaptureFi
     assert exporter.export([]) is fail
     exporter.shutdown()
     assert (inner.exports, inner.shutdowns) == (6, 1)
+
+
+def test_outbound_pipelines_are_traced_only_while_tracing_is_on() -> None:
+    from resilience.otel import TracedPipeline
+
+    policy = resilience.build_policy({}, env={})
+    assert type(tracing.pipeline(target="payment", policy=policy)) is resilience.Pipeline
+    with traced():
+        assert isinstance(tracing.pipeline(target="payment", policy=policy), TracedPipeline)

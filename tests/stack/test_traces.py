@@ -1,4 +1,12 @@
-"""One CreateOrder through the edge is one trace across order, inventory and payment.
+"""One CreateOrder through the edge is one trace across order, inventory and payment:
+
+    order SERVER CreateOrder
+    +- saga.reserve                                   (and saga.charge, saga.commit)
+       +- CLIENT .../Reserve                          the resilience library's logical call
+          +- .../Reserve attempt 1
+             +- CLIENT .../Reserve                    the grpc instrumentation's
+                +- inventory SERVER .../Reserve       through Envoy's internal listener
+                   +- sqlite write inventory.db, Redis commands
 
 A stack of its own exports to a real OTLP/gRPC receiver on a free port, the way
 `OTEL_EXPORTER_OTLP_ENDPOINT=... make up` exports to Jaeger; the trace is found by the
@@ -74,6 +82,12 @@ def _one(spans: list[ReceivedSpan], service: str, kind: str, name: str) -> Recei
     return found[0]
 
 
+def _child(spans: list[ReceivedSpan], parent: ReceivedSpan, kind: str, name: str) -> ReceivedSpan:
+    found = [s for s in spans if s.parent_id == parent.span_id and (s.kind, s.name) == (kind, name)]
+    assert len(found) == 1, f"{kind} {name} under {parent.name}: {len(found)} spans"
+    return found[0]
+
+
 def _complete(spans: list[ReceivedSpan]) -> bool:
     """Every saga step's call has reached its server, and every parent is in."""
     ids = {s.span_id for s in spans}
@@ -97,10 +111,13 @@ def test_one_order_is_one_trace_with_each_hop_under_the_call_that_made_it(
         assert step_span.parent_id == root.span_id
         assert step_span.attributes["order.id"] == order.order_id
         assert step_span.attributes["saga.outcome"] == "OK"
-        # The grpc CLIENT span of the step's call, and the callee's SERVER span under it:
-        # the traceparent crossed Envoy's internal listener.
-        client = _one(spans, "order", "CLIENT", method)
-        assert client.parent_id == step_span.span_id
+        # The resilience library's span of the logical call, its one attempt, the grpc CLIENT
+        # span of that attempt, and the callee's SERVER span under it: the traceparent crossed
+        # Envoy's internal listener.
+        call = _child(spans, step_span, "CLIENT", method)
+        assert call.attributes["resilience.attempts"] == 1
+        attempt = _child(spans, call, "INTERNAL", f"{method} attempt 1")
+        client = _child(spans, attempt, "CLIENT", method)
         callee = method.split(".")[1]
         server = _one(spans, callee, "SERVER", method)
         assert server.parent_id == client.span_id

@@ -48,7 +48,8 @@ def open_channel(
 
     Every outbound channel is made here, and every one runs the resilience pipeline: bulkhead,
     deadline, retry with budget, circuit breaker, per-attempt timeout (libs/resilience). When
-    tracing is on, the pipeline wraps the traced channel, so each attempt is a CLIENT span.
+    tracing is on, each call is a span with one child per attempt, over that attempt's CLIENT
+    span from the traced channel the pipeline wraps.
     """
     channel = (
         grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
@@ -57,7 +58,7 @@ def open_channel(
     )
     return resilience.intercept_channel(
         tracing.instrument_channel(channel),
-        resilience.Pipeline(target=target, policy=policy, listeners=listeners),
+        tracing.pipeline(target=target, policy=policy, listeners=listeners),
     )
 
 

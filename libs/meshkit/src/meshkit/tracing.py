@@ -11,7 +11,8 @@ always on), so a traceparent's sampled flag decides for every hop after the firs
 What is traced once :func:`start` (or :meth:`Tracing.activate`) ran: every server built by
 ``meshkit.server.build_server`` (health and reflection excepted), channels passed through
 :func:`instrument_channel` (one CLIENT span per attempt when the resilience pipeline wraps
-them), every Redis command, and what code wraps in :func:`span` (SQLite write transactions,
+them), the calls of a :func:`pipeline` (a span per logical call over its attempts' spans),
+every Redis command, and what code wraps in :func:`span` (SQLite write transactions,
 saga steps). Every traced response carries its trace id in the ``x-trace-id`` header.
 """
 
@@ -20,12 +21,14 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from opentelemetry import trace
+
+import resilience
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -186,6 +189,20 @@ def instrument_channel(channel: grpc.Channel) -> grpc.Channel:
     """``channel``, traced when tracing is on (wrap it before the resilience pipeline, so each
     attempt is one CLIENT span)."""
     return channel if _active is None else _active.instrument_channel(channel)
+
+
+def pipeline(
+    *, target: str, policy: resilience.ClientPolicy, listeners: Sequence[resilience.Listener] = ()
+) -> resilience.Pipeline:
+    """The resilience pipeline for ``target``; traced when tracing is on (a span per logical
+    call, and under it one per attempt, each over that attempt's CLIENT span)."""
+    if _active is None:
+        return resilience.Pipeline(target=target, policy=policy, listeners=listeners)
+    from resilience.otel import TracedPipeline
+
+    return TracedPipeline(
+        target=target, policy=policy, listeners=listeners, tracer_provider=_active.provider
+    )
 
 
 _NO_SPAN: AbstractContextManager[trace.Span] = nullcontext(trace.INVALID_SPAN)
