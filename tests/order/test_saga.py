@@ -9,10 +9,11 @@ import pytest
 
 from mesh.order.v1 import order_pb2
 from mesh.payment.v1 import payment_pb2
+from meshkit.errors import FieldViolation
 from meshkit.testing import free_port, wait_until
 from order_service.domain import Line, Money, Status, Step, new_order, validate_create
 from order_service.domain import Order as SagaOrder
-from order_service.ports import Payment, Reservation
+from order_service.ports import Payment, RemoteError, Reservation
 from order_service.saga import Saga
 
 from .conftest import SEED_STOCK, Inventory, Order, Payments, StartOrder, StartPayments, violations
@@ -26,9 +27,14 @@ class SavingStore:
     def __init__(self) -> None:
         self.saved: list[SagaOrder] = []
 
+        self.deleted: list[str] = []
+
     def save(self, order: SagaOrder) -> SagaOrder:
         self.saved.append(order)
         return order
+
+    def delete(self, order_id: str) -> None:
+        self.deleted.append(order_id)
 
 
 class WillingInventory:
@@ -40,6 +46,16 @@ class WillingInventory:
 
     def release(self, reservation_id: str) -> Reservation:
         return Reservation(reservation_id=reservation_id, state="RELEASED", total=None)
+
+
+class RefusingInventory(WillingInventory):
+    def reserve(self, order_id: str, lines: Sequence[Line]) -> Reservation:
+        raise RemoteError(
+            "INVALID_ARGUMENT",
+            "lines[0].sku: unknown SKU",
+            (FieldViolation("lines[0].sku", "unknown SKU"),),
+            definite=True,
+        )
 
 
 class WillingPayments:
@@ -56,6 +72,24 @@ class WillingPayments:
 class HeldLease:
     def keep(self) -> bool:
         return True
+
+
+def test_refused_lines_fail_the_order_or_discard_it_for_its_own_request() -> None:
+    order = new_order("ord_" + "0" * 32, validate_create("c", [("SKU-0001", 1)], "r"))
+    violation = FieldViolation("lines[0].sku", "unknown SKU")
+
+    kept = SavingStore()
+    run = Saga(kept, RefusingInventory(), WillingPayments()).run(order, HeldLease())
+    assert (run.order.status, run.invalid) == (Status.FAILED, (violation,))
+    assert [o.failure_reason for o in kept.saved] == [
+        "inventory rejected the order: lines[0].sku: unknown SKU"
+    ]
+
+    discarded = SavingStore()
+    saga = Saga(discarded, RefusingInventory(), WillingPayments())
+    run = saga.run(order, HeldLease(), discard_if_invalid=True)
+    assert run.invalid == (violation,)
+    assert (discarded.saved, discarded.deleted) == ([], [order.order_id])
 
 
 def test_the_happy_path_saves_before_commit_and_at_the_end_only() -> None:

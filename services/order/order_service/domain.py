@@ -15,8 +15,9 @@ the recovery loop, which resumes an order at its saved step after a crash at any
 
     (- = stay at the step.) DECLINED is a business "no": out of stock, payment declined,
     or for COMMIT "the stock went back instead". INVALID is Reserve refusing the lines
-    themselves (an unknown SKU; only Reserve reports it): the order FAILED, and the request
-    that created it discards it and answers INVALID_ARGUMENT, so its request_id stays free.
+    themselves (an unknown SKU; only Reserve reports it): the order FAILED, or, in the request
+    that created it, is discarded so the request answers INVALID_ARGUMENT and its request_id
+    stays free.
 
 Every position is saved before its step runs, but CHARGE (:data:`UNSAVED_STEPS`); on the
 happy path that is three writes, each needed for the saga to survive a crash:

@@ -94,11 +94,10 @@ class Orders:
             # Redis had lost the claim, and SQLite knows an order for this request_id.
             self._claims.withdraw(request.request_id, claim)
             return None
-        run = self._saga.run(order, lease)
+        run = self._saga.run(order, lease, discard_if_invalid=True)
         if run.invalid:
-            # Inventory refused the lines (an unknown SKU): leave nothing behind, so the
-            # request_id can carry a corrected order.
-            self._store.delete(order.order_id)
+            # Inventory refused the lines (an unknown SKU) and the saga deleted the order:
+            # free the request_id too, for a corrected order.
             try:
                 self._claims.withdraw(request.request_id, claim)
             except redis.RedisError as error:  # a retry finds no row and takes the claim over

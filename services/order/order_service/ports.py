@@ -66,6 +66,7 @@ class Payments(Protocol):
 
 class Store(Protocol):
     def save(self, order: Order) -> Order: ...
+    def delete(self, order_id: str) -> None: ...
 
 
 class Lease(Protocol):

@@ -49,11 +49,15 @@ class Saga:
             Step.REFUND: self._refund,
         }
 
-    def run(self, order: Order, lease: Lease) -> Run:
+    def run(self, order: Order, lease: Lease, *, discard_if_invalid: bool = False) -> Run:
         """Runs steps while the order moves; ends with it CONFIRMED, FAILED or still PENDING.
 
         It stays PENDING when a step cannot make progress now (a compensation could not
         reach its service) or the lease was lost; the recovery loop picks it up later.
+        ``discard_if_invalid`` is for the request that created the order: when inventory
+        refuses its lines, the order is deleted instead of saved FAILED, so that request (and
+        its duplicates, which find no order) can answer INVALID_ARGUMENT. Recovery keeps the
+        FAILED order: its id may have been seen.
         """
         result: StepResult | None = None
         while order.status is Status.PENDING:
@@ -65,6 +69,9 @@ class Saga:
                 result = self._steps[step](order)
                 span.set_attribute("saga.outcome", result.outcome.value)
             moved = domain.advance(order, result)
+            if discard_if_invalid and result.outcome is Outcome.INVALID:
+                self._store.delete(order.order_id)
+                return Run(moved, result.violations)
             if moved != order:  # also keeps ids a stuck step learnt, e.g. a reservation_id
                 order = self._store.save(moved) if domain.must_save(moved) else moved
             if moved.status is Status.PENDING and moved.step == step:
