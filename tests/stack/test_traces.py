@@ -1,12 +1,16 @@
-"""One CreateOrder through the edge is one trace across order, inventory and payment:
+"""One CreateOrder through the edge is one trace across Envoy, order, inventory and payment:
 
-    order SERVER CreateOrder
-    +- saga.reserve                                   (and saga.charge, saga.commit)
-       +- CLIENT .../Reserve                          the resilience library's logical call
-          +- .../Reserve attempt 1
-             +- CLIENT .../Reserve                    the grpc instrumentation's
-                +- inventory SERVER .../Reserve       through Envoy's internal listener
-                   +- sqlite write inventory.db, Redis commands
+    envoy SERVER ingress                              the edge
+    +- envoy CLIENT router order egress               upstream_cluster: order
+       +- order SERVER CreateOrder
+          +- saga.reserve                             (and saga.charge, saga.commit)
+             +- CLIENT .../Reserve                    the resilience library's logical call
+                +- .../Reserve attempt 1
+                   +- CLIENT .../Reserve              the grpc instrumentation's
+                      +- envoy SERVER ingress         the internal listener
+                         +- envoy CLIENT ...          upstream_cluster: inventory
+                            +- inventory SERVER .../Reserve
+                               +- sqlite write inventory.db, Redis commands
 
 A stack of its own exports to a real OTLP/gRPC receiver on a free port, the way
 `OTEL_EXPORTER_OTLP_ENDPOINT=... make up` exports to Jaeger; the trace is found by the
@@ -23,6 +27,7 @@ import pytest
 
 from mesh.common.v1 import money_pb2
 from mesh.order.v1 import order_pb2, order_pb2_grpc
+from mesh.payment.v1 import payment_pb2, payment_pb2_grpc
 from meshctl.stack import Stack
 from meshctl.testing import running_stack
 from meshkit.trace_testing import OtlpReceiver, ReceivedSpan, otlp_receiver
@@ -32,6 +37,7 @@ pytestmark = pytest.mark.stack
 
 SKU = "SKU-0018"
 ORDER = "/mesh.order.v1.OrderService/CreateOrder"
+GET_PAYMENT = "/mesh.payment.v1.PaymentService/GetPayment"
 #: The saga's steps for a confirmed order, each with the call it makes.
 STEPS = {
     "saga.reserve": "/mesh.inventory.v1.InventoryService/Reserve",
@@ -88,12 +94,22 @@ def _child(spans: list[ReceivedSpan], parent: ReceivedSpan, kind: str, name: str
     return found[0]
 
 
+def _upstream(by_id: dict[str, ReceivedSpan], server: ReceivedSpan) -> tuple[ReceivedSpan, str]:
+    """The Envoy SERVER span a backend's SERVER span was proxied through, and its cluster."""
+    egress = by_id[server.parent_id]
+    assert (egress.service, egress.kind) == ("envoy", "CLIENT"), egress
+    ingress = by_id[egress.parent_id]
+    assert (ingress.service, ingress.kind) == ("envoy", "SERVER"), ingress
+    return ingress, str(egress.attributes["upstream_cluster"])
+
+
 def _complete(spans: list[ReceivedSpan]) -> bool:
     """Every saga step's call has reached its server, and every parent is in."""
     ids = {s.span_id for s in spans}
     servers = {(s.service, s.name) for s in spans if s.kind == "SERVER"}
     wanted = {("order", ORDER)} | {(c.split(".")[1], c) for c in STEPS.values()}
-    return wanted <= servers and all(s.parent_id in ids for s in spans if s.parent_id)
+    proxied = sum(1 for s in spans if s.service == "envoy") == 2 * (1 + len(STEPS))
+    return wanted <= servers and proxied and all(s.parent_id in ids for s in spans if s.parent_id)
 
 
 def test_one_order_is_one_trace_with_each_hop_under_the_call_that_made_it(
@@ -104,23 +120,28 @@ def test_one_order_is_one_trace_with_each_hop_under_the_call_that_made_it(
     assert {s.service for s in spans} >= {"order", "inventory", "payment"}
     by_id = {s.span_id: s for s in spans}
 
+    # Nobody upstream traced the call: the edge starts the trace.
+    (edge,) = [s for s in spans if s.parent_id == ""]
+    assert (edge.service, edge.kind) == ("envoy", "SERVER")
     root = _one(spans, "order", "SERVER", ORDER)
-    assert root.parent_id == ""  # nobody upstream traced this call
+    assert _upstream(by_id, root) == (edge, "order")
     for step, method in STEPS.items():
         step_span = _one(spans, "order", "INTERNAL", step)
         assert step_span.parent_id == root.span_id
         assert step_span.attributes["order.id"] == order.order_id
         assert step_span.attributes["saga.outcome"] == "OK"
         # The resilience library's span of the logical call, its one attempt, the grpc CLIENT
-        # span of that attempt, and the callee's SERVER span under it: the traceparent crossed
-        # Envoy's internal listener.
+        # span of that attempt, Envoy's internal listener, and the callee's SERVER span: the
+        # traceparent crosses Envoy.
         call = _child(spans, step_span, "CLIENT", method)
         assert call.attributes["resilience.attempts"] == 1
         attempt = _child(spans, call, "INTERNAL", f"{method} attempt 1")
         client = _child(spans, attempt, "CLIENT", method)
         callee = method.split(".")[1]
         server = _one(spans, callee, "SERVER", method)
-        assert server.parent_id == client.span_id
+        ingress, cluster = _upstream(by_id, server)
+        assert ingress.parent_id == client.span_id
+        assert cluster.startswith(callee)  # inventory, payment_v1 or payment_v2
         assert server.attributes["rpc.grpc.status_code"] == 0
 
     charge = _one(spans, "payment", "SERVER", STEPS["saga.charge"])
@@ -131,3 +152,26 @@ def test_one_order_is_one_trace_with_each_hop_under_the_call_that_made_it(
     assert ("inventory", STEPS["saga.reserve"]) in writes
     # Redis commands (the order's claim, inventory's cache) are spans of the same trace.
     assert any(s.attributes.get("db.system") == "redis" for s in spans)
+
+
+def test_a_canary_pinned_call_shows_the_v2_cluster_and_the_v2_deployment(
+    traced_stack: Stack, receiver: OtlpReceiver
+) -> None:
+    order, _ = create_order(traced_stack)
+    with grpc.insecure_channel(traced_stack.config.edge_target) as edge:
+        _, call = payment_pb2_grpc.PaymentServiceStub(edge).GetPayment.with_call(
+            payment_pb2.GetPaymentRequest(payment_id=order.payment_id),
+            timeout=10,
+            metadata=[("x-canary", "always")],
+        )
+    trace_id = dict(call.initial_metadata())[TRACE_ID_HEADER]
+    # The payment's span, and the edge's two: SERVER and its upstream CLIENT.
+    spans = receiver.wait_for(
+        lambda found: {s.service for s in found} == {"envoy", "payment"} and len(found) >= 3,
+        trace_id=trace_id,
+    )
+    by_id = {s.span_id: s for s in spans}
+    server = _one(spans, "payment", "SERVER", GET_PAYMENT)
+    assert server.resource["service.version"] == "v2"
+    _, cluster = _upstream(by_id, server)
+    assert cluster == "payment_v2"

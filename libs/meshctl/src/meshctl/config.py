@@ -12,7 +12,7 @@ from typing import Any
 
 from meshctl.pidrecord import RECORD_FILE
 from meshctl.registry import ADMIN_PORT, EDGE_PORT, INTERNAL_PORT, PORTS, PROMETHEUS_PORT, Port
-from meshkit import settings, tls
+from meshkit import settings, tls, tracing
 from meshkit.settings import DEFAULT_HOST, DEFAULT_REDIS_URL, SettingsError
 
 #: The checkout this package is installed from (editable, by `make setup`): deploy/ and var/
@@ -122,6 +122,12 @@ class StackConfig:
     def internal_target(self) -> str:
         """Where the services call each other: Envoy's internal (sidecar) listener."""
         return f"127.0.0.1:{self.port(INTERNAL_PORT)}"
+
+    @property
+    def traces_endpoint(self) -> str | None:
+        """Where the programs export traces, as they will see it: supervisord passes the
+        launcher's environment on, with ``env`` on top; None when tracing is off."""
+        return tracing.endpoint({**os.environ, **self.env})
 
     @property
     def admin_url(self) -> str:

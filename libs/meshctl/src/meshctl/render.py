@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from meshctl import envoy
+from meshctl import envoy, envoy_tracing
 from meshctl.config import StackConfig, StackError
 from meshctl.registry import (
     BACKENDS,
@@ -222,7 +222,7 @@ def _redis_server(config: StackConfig) -> str:
 
 def envoy_yaml(config: StackConfig) -> str:
     """deploy/envoy/envoy.yaml for this stack: its ports and paths, one cluster per backend,
-    and with MESH_MTLS=0 no TLS and no RBAC."""
+    with MESH_MTLS=0 no TLS and no RBAC, and with OTEL_EXPORTER_OTLP_ENDPOINT Envoy's spans."""
     path = config.envoy_template
     try:
         template: dict[str, Any] = yaml.safe_load(path.read_text())
@@ -249,6 +249,8 @@ def envoy_yaml(config: StackConfig) -> str:
         raise StackError(f"{path} routes to clusters the registry has no backend for: {unknown}")
     if not config.mtls:
         rendered = _plaintext(rendered)
+    if config.traces_endpoint is not None:
+        rendered = envoy_tracing.traced(rendered, config.traces_endpoint)
     return yaml.safe_dump(rendered, sort_keys=False)
 
 

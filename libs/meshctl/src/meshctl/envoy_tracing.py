@@ -1,0 +1,108 @@
+"""Envoy's own spans, added to its rendered config when the services export traces.
+
+Both listeners get ``envoy.tracers.opentelemetry``: a SERVER span per request (child of the
+caller's traceparent, whose sampled flag it honours) and, with ``spawn_upstream_span``, a CLIENT
+span per upstream request carrying ``upstream_cluster``, so a trace shows which payment
+deployment (payment_v1 or payment_v2) served a Charge. Spans go over OTLP/gRPC to the collector
+the services export to, through a cluster of its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+from meshctl.config import StackError
+
+CLUSTER = "opentelemetry_collector"
+SERVICE_NAME = "envoy"
+DEFAULT_OTLP_PORT = 4317
+#: Envoy batches spans for 5 s or 5 spans by default; a second shows a trace about as soon as
+#: the services' own (whose batch processor waits up to 5 s, OTEL_BSP_SCHEDULE_DELAY) do.
+RUNTIME = {"tracing.opentelemetry.flush_interval_ms": 1000}
+_HCM = "envoy.filters.network.http_connection_manager"
+_TYPE = "type.googleapis.com/"
+
+
+def traced(config: dict[str, Any], endpoint: str) -> dict[str, Any]:
+    """``config`` with a tracer on every HTTP connection manager and the collector's cluster."""
+    parsed = urllib.parse.urlsplit(endpoint)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise StackError(
+            f"OTEL_EXPORTER_OTLP_ENDPOINT={endpoint!r}: Envoy exports to an http:// or "
+            "https:// address (host:port of an OTLP/gRPC collector)"
+        )
+    out = copy.deepcopy(config)
+    for manager in _connection_managers(out):
+        manager["tracing"] = {
+            "provider": {
+                "name": "envoy.tracers.opentelemetry",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                    "grpc_service": {"envoy_grpc": {"cluster_name": CLUSTER}, "timeout": "1s"},
+                    "service_name": SERVICE_NAME,
+                },
+            },
+            "spawn_upstream_span": True,
+        }
+    out["static_resources"]["clusters"].append(_cluster(parsed))
+    for layer in out.get("layered_runtime", {}).get("layers", []):
+        if "static_layer" in layer:
+            layer["static_layer"] = {**RUNTIME, **(layer["static_layer"] or {})}
+    return out
+
+
+def _cluster(endpoint: urllib.parse.SplitResult) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": CLUSTER,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {
+                                        "address": endpoint.hostname,
+                                        "port_value": endpoint.port or DEFAULT_OTLP_PORT,
+                                    }
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+        # OTLP/gRPC is HTTP/2.
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+    }
+    if endpoint.scheme == "https":
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": endpoint.hostname,
+            },
+        }
+    return cluster
+
+
+def _connection_managers(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        if node.get("name") == _HCM and isinstance(node.get("typed_config"), dict):
+            yield node["typed_config"]
+        for value in node.values():
+            yield from _connection_managers(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _connection_managers(item)
