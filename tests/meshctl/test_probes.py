@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from meshctl import probes
-from meshctl.registry import CATALOG, PROMETHEUS_PORT
+from meshctl.registry import INVENTORY, INVENTORY_SERVICE, PROMETHEUS_PORT
 from meshctl.testing import stack_config
 from meshkit.server import RunningServer, ServerOptions, build_server
 from meshkit.testing import free_port
@@ -20,27 +20,30 @@ from meshkit.tls import WorkloadTls
 
 
 @pytest.fixture
-def catalog_server(mesh_certs: Path) -> Iterator[RunningServer]:
-    """A server as a backend runs: mTLS with the catalog's certificate, answering only Envoy."""
-    tls = WorkloadTls.load(mesh_certs, "catalog")
+def backend_server(mesh_certs: Path) -> Iterator[RunningServer]:
+    """A server as a backend runs: mTLS with inventory's certificate, answering only Envoy."""
+    tls = WorkloadTls.load(mesh_certs, "inventory")
     running = build_server(
-        ServerOptions(port=0, grace_s=0, tls=tls), service_names=(), registrations=(), checks={}
+        ServerOptions(port=0, grace_s=0, tls=tls),
+        service_names=(INVENTORY_SERVICE,),
+        registrations=(),
+        checks={},
     )
     yield running
     running.stop()
 
 
 def test_a_backend_is_asked_as_envoy_over_mtls(
-    tmp_path: Path, mesh_certs: Path, catalog_server: RunningServer
+    tmp_path: Path, mesh_certs: Path, backend_server: RunningServer
 ) -> None:
-    assert CATALOG.backend is not None
+    assert INVENTORY.backend is not None
     base = stack_config(tmp_path, "redis://127.0.0.1:6379/0")
-    ports = {**base.ports, CATALOG.backend.port.var: catalog_server.port}
+    ports = {**base.ports, INVENTORY.backend.port.var: backend_server.port}
     config = dataclasses.replace(base, certs_dir=mesh_certs, ports=ports)
-    assert CATALOG.probe(config) == probes.SERVING
+    assert INVENTORY.probe(config) == probes.SERVING
     # Without Envoy's certificate the backend does not even finish the handshake.
     plaintext = dataclasses.replace(config, mtls=False)
-    assert CATALOG.probe(plaintext).startswith("unreachable (")
+    assert INVENTORY.probe(plaintext).startswith("unreachable (")
 
 
 def test_redis_probe_answers_only_where_redis_is(tmp_path: Path, redis_url: str) -> None:
@@ -59,7 +62,7 @@ def test_the_recorder_serves_once_its_record_exists(tmp_path: Path) -> None:
 
 def test_envoy_is_not_ready_while_its_admin_is_unreachable(tmp_path: Path) -> None:
     config = stack_config(tmp_path, "redis://127.0.0.1:6379/0")
-    assert probes.EnvoyReady(("catalog",))(config).startswith("admin unreachable (")
+    assert probes.EnvoyReady(("order",))(config).startswith("admin unreachable (")
 
 
 def test_a_bound_port_is_not_free() -> None:

@@ -36,7 +36,7 @@ def test_every_backend_holds_a_certificate_and_envoy_checks_each_cluster() -> No
         assert backend.backend is not None
         assert backend.workload in WORKLOADS
     assert ENVOY.workload in WORKLOADS
-    assert {"catalog", "inventory", "payment", "envoy", "order"} == set(WORKLOADS)
+    assert {"inventory", "payment", "envoy", "order"} == set(WORKLOADS)
     assert isinstance(ENVOY.probe, EnvoyReady)
     assert ENVOY.probe.clusters == tuple(p.name for p in BACKENDS)
 
@@ -54,7 +54,6 @@ def test_program_looks_up_by_name() -> None:
 def test_each_service_names_its_traces_and_both_payment_deployments_are_one_service() -> None:
     names = {backend.name: backend.env["OTEL_SERVICE_NAME"] for backend in BACKENDS}
     assert names == {
-        "catalog": "catalog",
         "inventory": "inventory",
         "payment_v1": "payment",
         "payment_v2": "payment",

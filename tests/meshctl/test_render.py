@@ -145,7 +145,7 @@ def test_rendered_supervisord_config_gives_each_payment_deployment_its_own_port(
     config = stack_config(tmp_path, "redis://127.0.0.1:6379/0")
     section, programs = read_as_supervisord(config)
     assert set(programs) == {p.name for p in PROGRAMS if p is not REDIS}
-    assert set(programs) >= {"catalog", "inventory", "payment_v1", "payment_v2", "order", "envoy"}
+    assert set(programs) >= {"inventory", "payment_v1", "payment_v2", "order", "envoy"}
     v2_env = programs["payment_v2"].environment
     assert v2_env["PAYMENT_VERSION"] == "v2"
     assert v2_env["PAYMENT_PORT"] == str(config.ports["PAYMENT_V2_PORT"])

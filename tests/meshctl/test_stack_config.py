@@ -17,7 +17,6 @@ def test_defaults_are_the_briefs_ports(tmp_path: Path) -> None:
         "EDGE_PORT": 8080,
         "INTERNAL_PORT": 8081,
         "ENVOY_ADMIN_PORT": 9901,
-        "CATALOG_PORT": 50050,
         "ORDER_PORT": 50051,
         "INVENTORY_PORT": 50052,
         "PAYMENT_V1_PORT": 50053,

@@ -113,7 +113,6 @@ def test_redis_url_must_be_a_redis_url() -> None:
         ("order_service", "ORDER_PORT"),
         ("inventory_service", "INVENTORY_PORT"),
         ("payment_service", "PAYMENT_PORT"),
-        ("meshkit.catalog", "CATALOG_PORT"),
     ],
 )
 def test_a_process_with_a_bad_setting_exits_2_with_one_line(program: str, var: str) -> None:

@@ -60,7 +60,7 @@ WATCHED_COUNTERS = (
     "http2.header_overflow",
     "http2.header_list_size_too_large",
 )
-PROGRAMS = ("catalog", "inventory", "order", "payment_v1", "payment_v2")
+PROGRAMS = ("inventory", "order", "payment_v1", "payment_v2")
 CATALOG_SKUS = frozenset(entry.sku for entry in CATALOG)
 
 Call = Callable[..., Any]

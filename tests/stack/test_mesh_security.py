@@ -151,7 +151,7 @@ def test_plaintext_callers_reach_neither_the_internal_listener_nor_a_backend(
             ), target
 
 
-@pytest.mark.parametrize("workload", ["inventory", "payment", "catalog", "envoy"])
+@pytest.mark.parametrize("workload", ["inventory", "payment", "envoy"])
 def test_only_the_order_identity_may_move_money_or_stock(
     as_workload: Callable[[str], grpc.Channel], workload: str
 ) -> None:

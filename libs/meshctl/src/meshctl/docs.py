@@ -1,6 +1,6 @@
 """The README's table of settings, made from the declarations themselves.
 
-Every variable the launcher, the services and the catalog read is declared once, with its
+Every variable the launcher and the services read is declared once, with its
 default and meaning (meshkit.settings); ``python -m meshctl settings`` prints the table the
 README holds between its ``settings`` markers, and a test fails when the two differ.
 """
@@ -15,7 +15,7 @@ import order_service.config
 import payment_service.config
 import resilience
 from meshctl import cli, config
-from meshkit import catalog, settings, tls
+from meshkit import settings, tls
 
 BEGIN = "<!-- settings:begin (python -m meshctl settings) -->"
 END = "<!-- settings:end -->"
@@ -25,7 +25,6 @@ def declared() -> Iterator[tuple[str, settings.Var[Any]]]:
     """(who reads it, the variable) for every declaration, launcher first."""
     yield from (("launcher", var) for var in (*config.VARIABLES, cli.LINES))
     yield "every service", tls.CERTS_DIR
-    yield "catalog", catalog.CATALOG_PORT
     for who, cls in (
         ("order", order_service.config.Settings),
         ("inventory", inventory_service.config.Settings),

@@ -46,7 +46,7 @@ class GrpcHealth:
 @dataclass(frozen=True, slots=True)
 class EnvoyReady:
     """SERVING when Envoy sees each of ``clusters`` healthy and a health call through the edge
-    (routed to the catalog) passes."""
+    (routed to the order service) passes."""
 
     clusters: tuple[str, ...]
 

@@ -230,17 +230,6 @@ PROMETHEUS = Program(
     in_run_dir=True,
     scrape=Scrape(PROMETHEUS_PORT),
 )
-#: Reflection and health for the edge: a reflection stream has one path for every service.
-CATALOG = _backend(
-    "catalog",
-    "meshkit.catalog",
-    port=Port("CATALOG_PORT", 50050, "catalog: reflection and health for the edge"),
-    metrics=None,
-    health_service="",
-    workload="catalog",
-    priority=10,
-    label="reflection catalogue",
-)
 INVENTORY = _backend(
     "inventory",
     "inventory_service",
@@ -278,7 +267,7 @@ ORDER = _backend(
     label="order",
 )
 
-BACKENDS = (CATALOG, INVENTORY, PAYMENT_V1, PAYMENT_V2, ORDER)
+BACKENDS = (INVENTORY, PAYMENT_V1, PAYMENT_V2, ORDER)
 #: --disable-hot-restart: otherwise Envoy dies with its parent (PDEATHSIG), and two Envoys on
 #: one machine (say `make up` and `make test`) clash on shared memory.
 ENVOY = Program(
