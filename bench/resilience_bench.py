@@ -18,8 +18,8 @@ of one variant (bare, bare+deadline, pipeline, pipeline-no-listener) one at a ti
 `valgrind --tool=callgrind` at two values of N (the server runs outside valgrind).
 `--library VARIANT N` does the same around an in-process fake multicallable, with no grpc and no
 server, so the count is the library's own and repeats exactly (set PYTHONHASHSEED): variants
-sync, aio (the pipeline, every policy on, PrometheusListener) and sync-bare, aio-bare (the fake
-alone, to subtract).
+sync and aio (every policy on, a PrometheusListener), sync-no-listener and aio-no-listener, and
+sync-bare and aio-bare (the fake alone, to subtract).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import itertools
 import os
 import statistics
@@ -84,9 +85,10 @@ def _policy() -> resilience.ClientPolicy:
     )
 
 
-def _pipeline(address: str) -> resilience.Pipeline:
+def _pipeline(address: str, *, listener: bool = True) -> resilience.Pipeline:
     """The pipeline variant: every policy on, a PrometheusListener subscribed."""
-    listeners = [resilience.PrometheusListener(registry=CollectorRegistry())]
+    registry = CollectorRegistry()
+    listeners = [resilience.PrometheusListener(registry=registry)] if listener else []
     return resilience.Pipeline(target=address, policy=_policy(), listeners=listeners)
 
 
@@ -333,7 +335,12 @@ def _serial_calls(variant: str, n: int) -> None:
             call = functools.partial(call, timeout=_attempt_timeout(policy))
         elif variant not in ("bare", "pipeline", "pipeline-no-listener"):
             raise SystemExit(f"unknown variant {variant!r}")
-        for _ in range(50 + n):
+        for _ in range(50):
+            call(PAYLOAD)
+        # What exists now is never garbage: a full collection scanning it, landing in one run
+        # of a pair and not the other, would swamp the per-call difference.
+        gc.freeze()
+        for _ in range(n):
             call(PAYLOAD)
         channel.close()
     finally:
@@ -378,27 +385,35 @@ class _FakeChannel:
 
 def _library_calls(variant: str, n: int) -> None:
     """N calls of one variant around a fake multicallable, after 50 warm-up calls."""
-    if variant == "sync-bare":
+    api, _, kind = variant.partition("-")
+    if kind not in ("", "no-listener", "bare") or api not in ("sync", "aio"):
+        raise SystemExit(f"unknown variant {variant!r}")
+    listener = kind == ""
+    if api == "sync":
         call: Callable[..., Any] = _fake
-    elif variant == "sync":
-        channel: Any = _FakeChannel(_fake)
-        call = resilience.intercept_channel(channel, _pipeline("fake")).unary_unary(METHOD)
-    elif variant in ("aio", "aio-bare"):
+        if kind != "bare":
+            pipeline = _pipeline("fake", listener=listener)
+            call = resilience.intercept_channel(_FakeChannel(_fake), pipeline).unary_unary(METHOD)
+    else:
 
         async def loop() -> None:
             call = _fake_async
-            if variant == "aio":
-                channel: Any = _FakeChannel(_fake_async)
-                piped = resilience.intercept_aio_channel(channel, _pipeline("fake"))
+            if kind != "bare":
+                pipeline = _pipeline("fake", listener=listener)
+                piped = resilience.intercept_aio_channel(_FakeChannel(_fake_async), pipeline)
                 call = piped.unary_unary(METHOD)
-            for _ in range(50 + n):
+            for _ in range(50):
+                await call(PAYLOAD)
+            gc.freeze()
+            for _ in range(n):
                 await call(PAYLOAD)
 
         asyncio.run(loop())
         return
-    else:
-        raise SystemExit(f"unknown variant {variant!r}")
-    for _ in range(50 + n):
+    for _ in range(50):
+        call(PAYLOAD)
+    gc.freeze()  # as in `_serial_calls`
+    for _ in range(n):
         call(PAYLOAD)
 
 
