@@ -154,21 +154,14 @@ class PeerIdentityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # 
         return _rewrap(handler, wrap)
 
 
+_BEHAVIOURS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
 def _rewrap(
     handler: grpc.RpcMethodHandler, wrap: Callable[[Callable[..., object]], Callable[..., object]]
 ) -> grpc.RpcMethodHandler:
-    kinds = (
-        ("unary_unary", grpc.unary_unary_rpc_method_handler),
-        ("unary_stream", grpc.unary_stream_rpc_method_handler),
-        ("stream_unary", grpc.stream_unary_rpc_method_handler),
-        ("stream_stream", grpc.stream_stream_rpc_method_handler),
-    )
-    for attribute, factory in kinds:
-        behaviour = getattr(handler, attribute)
-        if behaviour is not None:
-            return factory(
-                wrap(behaviour),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-    return handler
+    """The same handler with its one behaviour wrapped (an RpcMethodHandler is a namedtuple,
+    as meshkit.errors also uses it)."""
+    kind = next(name for name in _BEHAVIOURS if getattr(handler, name) is not None)
+    rewrapped: grpc.RpcMethodHandler = handler._replace(**{kind: wrap(getattr(handler, kind))})
+    return rewrapped
