@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pybreaker
 import pytest
 
@@ -261,3 +264,14 @@ def test_bad_options_are_refused(kwargs: dict[str, float], field: str) -> None:
 def test_bad_failure_rate_is_refused() -> None:
     with pytest.raises(PolicyError, match=r"failureRate.threshold: must be in \(0, 1\]"):
         FailureRate(threshold=1.5, window=10, minimum_calls=1)
+
+
+def test_importing_the_library_leaves_redis_unloaded_and_importable() -> None:
+    # A fresh interpreter: this one has loaded redis through other tests' imports.
+    probe = (
+        "import sys, resilience\n"
+        "assert 'redis' not in sys.modules, 'pybreaker pulled in redis'\n"
+        "import redis\n"
+        "assert redis.Redis\n"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True)
