@@ -235,6 +235,15 @@ def untraced(check: Callable[[], T]) -> Callable[[], T]:
     return run
 
 
+def exemplar() -> dict[str, str] | None:
+    """``{"trace_id": ...}`` for a metric observed in a sampled trace, else None: an exemplar
+    should lead to a trace the collector has (an unsampled call's id leads nowhere)."""
+    context = trace.get_current_span().get_span_context()
+    if not context.trace_flags.sampled:
+        return None
+    return {"trace_id": format(context.trace_id, "032x")}
+
+
 def current_trace_id() -> str | None:
     """The current span's trace id as 32 hex digits, or None outside a trace."""
     context = trace.get_current_span().get_span_context()
