@@ -16,6 +16,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 
 from inventory_service.config import Settings as InventorySettings
 from inventory_service.server import serve as serve_inventory
@@ -24,6 +25,7 @@ from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from mesh.order.v1 import order_pb2, order_pb2_grpc
 from mesh.payment.v1 import payment_pb2_grpc
 from meshkit.server import RunningServer
+from order_service import metric_names as m
 from order_service.config import Settings
 from order_service.server import OrderApp, build_app, serve
 from payment_service.config import Settings as PaymentSettings
@@ -108,6 +110,22 @@ class Order:
 
 def proto_lines(*lines: tuple[str, int]) -> list[money_pb2.Line]:
     return [money_pb2.Line(sku=sku, quantity=quantity) for sku, quantity in lines]
+
+
+def outcome_counts() -> dict[tuple[str, str], float]:
+    """This process's order_saga_outcomes_total, by (outcome, reason)."""
+    return {
+        (sample.labels[m.OUTCOME], sample.labels[m.REASON]): sample.value
+        for metric in REGISTRY.collect()
+        for sample in metric.samples
+        if sample.name == m.SAGA_OUTCOMES
+    }
+
+
+def counted_since(before: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    """The series that moved since ``before`` (an :func:`outcome_counts`), by how much."""
+    now = outcome_counts()
+    return {key: now[key] - before.get(key, 0) for key in now if now[key] != before.get(key, 0)}
 
 
 def violations(error: grpc.RpcError) -> dict[str, str]:

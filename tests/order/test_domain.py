@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -21,10 +22,13 @@ from order_service.domain import (
     Money,
     Order,
     Outcome,
+    Reason,
     Status,
     Step,
     StepResult,
     advance,
+    ending,
+    failure_class,
     validate_create,
 )
 
@@ -231,12 +235,12 @@ def test_a_stuck_forward_step_records_no_reason() -> None:
 def test_invalid_lines_fail_the_order_with_the_reason_and_keep_the_violations() -> None:
     refusal = StepResult(
         outcome=Outcome.INVALID,
-        reason="inventory rejected the order: lines[0].sku: unknown SKU",
+        reason="inventory refused the lines: lines[0].sku: unknown SKU",
         violations=(FieldViolation("lines[0].sku", "unknown SKU"),),
     )
     order = advance(_order(), refusal)
     assert (order.status, order.step) == (Status.FAILED, Step.DONE)
-    assert order.failure_reason == "inventory rejected the order: lines[0].sku: unknown SKU"
+    assert order.failure_reason == "inventory refused the lines: lines[0].sku: unknown SKU"
     assert (order.reservation_id, order.payment_id, order.total) == ("", "", None)
 
 
@@ -268,3 +272,43 @@ def test_only_the_charge_position_goes_unsaved() -> None:
     assert domain.must_save(advance(reserved, StepResult(outcome=Outcome.OK, payment_id="p")))
     assert domain.must_save(advance(reserved, StepResult(outcome=Outcome.UNKNOWN)))
     assert all(domain.must_save(_order(step)) for step in Step if step is not Step.CHARGE)
+
+
+@pytest.mark.parametrize(
+    ("failure_reason", "reason"),
+    [
+        ("out of stock: SKU-0006 has 3", Reason.OUT_OF_STOCK),
+        ("payment declined: card declined", Reason.DECLINED),
+        ("inventory refused the lines: lines[0].sku: unknown SKU", Reason.INVALID),
+        ("payment unavailable: UNAVAILABLE", Reason.DEPENDENCY_UNAVAILABLE),
+        ("inventory unavailable: DEADLINE_EXCEEDED", Reason.DEPENDENCY_UNAVAILABLE),
+        ("inventory unavailable at commit", Reason.DEPENDENCY_UNAVAILABLE),
+        ("payment rejected: FAILED_PRECONDITION: no", Reason.DEPENDENCY_REJECTED),
+        ("inventory rejected the order: reservation RELEASED", Reason.DEPENDENCY_REJECTED),
+        ("something else", Reason.OTHER),
+    ],
+)
+def test_a_failure_reason_falls_in_the_class_of_its_kind(
+    failure_reason: str, reason: Reason
+) -> None:
+    assert failure_class(failure_reason) is reason
+
+
+def test_only_the_business_and_the_caller_choose_an_end() -> None:
+    assert {r for r in Reason if r.chosen} == {
+        Reason.NONE,
+        Reason.DECLINED,
+        Reason.OUT_OF_STOCK,
+        Reason.INVALID,
+    }
+
+
+def test_a_run_ends_for_the_reason_its_order_shows() -> None:
+    assert ending(replace(_order(), status=Status.CONFIRMED, step=Step.DONE)) is Reason.NONE
+    failed = replace(_order(), status=Status.FAILED, step=Step.DONE, failure_reason="out of stock")
+    assert ending(failed) is Reason.OUT_OF_STOCK
+    # Still PENDING: a step got no answer, or was refused, or the lease was lost first.
+    compensating = replace(_order(Step.RELEASE), failure_reason="payment declined: no")
+    assert ending(compensating, stuck_on=Outcome.UNKNOWN) is Reason.DEPENDENCY_UNAVAILABLE
+    assert ending(compensating, stuck_on=Outcome.REJECTED) is Reason.DEPENDENCY_REJECTED
+    assert ending(_order(Step.COMMIT)) is Reason.LEASE_LOST

@@ -14,11 +14,13 @@ from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2
 from mesh.payment.v1 import payment_pb2
 from meshkit.ids import new_id
+from meshkit.testing import free_port
+from order_service.config import Settings
 from order_service.domain import Money, Order, Status, Step, new_order, validate_create
 from order_service.recovery import Recovery
-from order_service.server import OrderApp
+from order_service.server import OrderApp, build_app
 
-from .conftest import SEED_STOCK, Inventory, Payments
+from .conftest import SEED_STOCK, Inventory, Payments, counted_since, outcome_counts
 
 SKU = "SKU-0012"
 QUANTITY = 2
@@ -203,11 +205,28 @@ def test_refund_after_a_failed_commit_gives_the_money_back(
 def test_lines_inventory_rejects_end_failed(app: OrderApp, inventory: Inventory) -> None:
     request = validate_create("cust-1", [("SKU-9999", 1)], new_id("req"))
     order = app.store.insert(new_order(new_id("ord"), request))
+    before = outcome_counts()
 
     done = recovered(app, order)
 
     assert done.status is Status.FAILED
-    assert done.failure_reason.startswith("inventory rejected the order: ")
+    assert done.failure_reason.startswith("inventory refused the lines: ")
+    assert counted_since(before) == {("FAILED", "invalid"): 1}
+
+
+def test_an_order_recovery_cannot_finish_is_not_counted_again(
+    order_env: dict[str, str], inventory: Inventory
+) -> None:
+    # Its request counted it PENDING; each pass that leaves it so would count it again.
+    dark = build_app(Settings.from_env({**order_env, "PAYMENT_TARGET": f"127.0.0.1:{free_port()}"}))
+    try:
+        order = crashed(dark, Step.VOID_CHARGE, failure_reason="payment unavailable: UNAVAILABLE")
+        before = outcome_counts()
+        assert dark.recovery.run_once() == 0
+        assert counted_since(before) == {}
+        assert dark.store.get(order.order_id) == order
+    finally:
+        dark.close()
 
 
 def test_an_order_someone_holds_is_left_alone(app: OrderApp, inventory: Inventory) -> None:

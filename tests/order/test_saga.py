@@ -11,12 +11,22 @@ from mesh.order.v1 import order_pb2
 from mesh.payment.v1 import payment_pb2
 from meshkit.errors import FieldViolation
 from meshkit.testing import free_port, wait_until
-from order_service.domain import Line, Money, Status, Step, new_order, validate_create
+from order_service.domain import Line, Money, Reason, Status, Step, new_order, validate_create
 from order_service.domain import Order as SagaOrder
 from order_service.ports import Payment, RemoteError, Reservation
 from order_service.saga import Saga
 
-from .conftest import SEED_STOCK, Inventory, Order, Payments, StartOrder, StartPayments, violations
+from .conftest import (
+    SEED_STOCK,
+    Inventory,
+    Order,
+    Payments,
+    StartOrder,
+    StartPayments,
+    counted_since,
+    outcome_counts,
+    violations,
+)
 
 PENDING = order_pb2.ORDER_STATUS_PENDING
 CONFIRMED = order_pb2.ORDER_STATUS_CONFIRMED
@@ -80,9 +90,13 @@ def test_refused_lines_fail_the_order_or_discard_it_for_its_own_request() -> Non
 
     kept = SavingStore()
     run = Saga(kept, RefusingInventory(), WillingPayments()).run(order, HeldLease())
-    assert (run.order.status, run.invalid) == (Status.FAILED, (violation,))
+    assert (run.order.status, run.reason, run.invalid) == (
+        Status.FAILED,
+        Reason.INVALID,
+        (violation,),
+    )
     assert [o.failure_reason for o in kept.saved] == [
-        "inventory rejected the order: lines[0].sku: unknown SKU"
+        "inventory refused the lines: lines[0].sku: unknown SKU"
     ]
 
     discarded = SavingStore()
@@ -98,7 +112,7 @@ def test_the_happy_path_saves_before_commit_and_at_the_end_only() -> None:
 
     run = Saga(store, WillingInventory(), WillingPayments()).run(order, HeldLease())
 
-    assert run.order.status is Status.CONFIRMED
+    assert (run.order.status, run.reason) == (Status.CONFIRMED, Reason.NONE)
     # With the insert that is three writes: Reserve and Charge both rerun safely from RESERVE.
     assert [(o.step, o.status) for o in store.saved] == [
         (Step.COMMIT, Status.PENDING),
@@ -249,3 +263,27 @@ def test_unreachable_payment_leaves_the_order_compensating_for_recovery(
     assert finished.failure_reason.startswith("payment unavailable: ")
     assert inventory.available("SKU-0007") == SEED_STOCK
     assert payments.states(placed.order_id) == ["VOIDED"]
+
+
+def test_every_order_is_counted_once_by_its_end_and_the_reason_class(
+    order: Order, start_order: StartOrder, start_payments: StartPayments
+) -> None:
+    before = outcome_counts()
+
+    order.create("cust-1", ("SKU-0008", 1), request_id="count-ok")
+    order.create("decline-amy", ("SKU-0008", 1), request_id="count-declined")
+    order.create("cust-1", ("SKU-0008", SEED_STOCK + 1), request_id="count-oos")
+    with pytest.raises(grpc.RpcError):
+        order.create("cust-1", ("SKU-9999", 1), request_id="count-invalid")
+    # A duplicate answers the first's order and runs no saga: not counted again.
+    order.create("cust-1", ("SKU-0008", 1), request_id="count-ok")
+    sick = start_order(PAYMENT_TARGET=start_payments(fault_rate=1.0).target)
+    sick.create("cust-1", ("SKU-0008", 1), request_id="count-sick")
+
+    assert counted_since(before) == {
+        ("CONFIRMED", "none"): 1,
+        ("FAILED", "declined"): 1,
+        ("FAILED", "out_of_stock"): 1,
+        ("FAILED", "invalid"): 1,
+        ("FAILED", "dependency_unavailable"): 1,
+    }

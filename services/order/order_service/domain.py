@@ -183,14 +183,77 @@ TRANSITIONS: Mapping[tuple[Step, Outcome], Step | Status] = {
     (Step.REFUND, Outcome.OK): Status.FAILED,
 }
 
-# Failure reasons: what a FAILED order says, first failure wins.
+# Failure reasons: what a FAILED order says, first failure wins. Each kind is one Reason
+# (FAILURE_REASONS), so a persisted order's failure_reason says which class it falls in.
 OUT_OF_STOCK = "out of stock"
 PAYMENT_DECLINED = "payment declined"
 PAYMENT_UNAVAILABLE = "payment unavailable"
 PAYMENT_REJECTED = "payment rejected"
 INVENTORY_UNAVAILABLE = "inventory unavailable"
 INVENTORY_REJECTED = "inventory rejected the order"
+INVENTORY_REFUSED_LINES = "inventory refused the lines"
 INVENTORY_UNAVAILABLE_AT_COMMIT = "inventory unavailable at commit"
+
+
+class Reason(enum.StrEnum):
+    """Why a saga run left its order where it did, in a few classes (the outcome metric's
+    ``reason`` label): the business's own "no", the caller's mistake, or a fault."""
+
+    NONE = "none"  # CONFIRMED
+    DECLINED = "declined"  # payment declined the card
+    OUT_OF_STOCK = "out_of_stock"
+    INVALID = "invalid"  # inventory refused the lines (an unknown SKU)
+    DEPENDENCY_UNAVAILABLE = "dependency_unavailable"  # no answer: timeout, UNAVAILABLE, ...
+    DEPENDENCY_REJECTED = "dependency_rejected"  # an error that is no business answer
+    LEASE_LOST = "lease_lost"  # PENDING only: Redis lost (or never confirmed) the saga's lease
+    OTHER = "other"  # a failure_reason of no known kind
+
+    @property
+    def chosen(self) -> bool:
+        """The business (or the caller) decided this end, not a fault of the mesh."""
+        return self in _CHOSEN
+
+
+_CHOSEN = frozenset({Reason.NONE, Reason.DECLINED, Reason.OUT_OF_STOCK, Reason.INVALID})
+
+#: The class of each failure kind above.
+FAILURE_REASONS: Mapping[str, Reason] = {
+    OUT_OF_STOCK: Reason.OUT_OF_STOCK,
+    PAYMENT_DECLINED: Reason.DECLINED,
+    PAYMENT_UNAVAILABLE: Reason.DEPENDENCY_UNAVAILABLE,
+    PAYMENT_REJECTED: Reason.DEPENDENCY_REJECTED,
+    INVENTORY_UNAVAILABLE: Reason.DEPENDENCY_UNAVAILABLE,
+    INVENTORY_REJECTED: Reason.DEPENDENCY_REJECTED,
+    INVENTORY_REFUSED_LINES: Reason.INVALID,
+    # Commit got no answer and the stock went back: a fault, though the step says DECLINED.
+    INVENTORY_UNAVAILABLE_AT_COMMIT: Reason.DEPENDENCY_UNAVAILABLE,
+}
+#: Longest first: "inventory unavailable at commit" before "inventory unavailable".
+_FAILURE_KINDS = sorted(FAILURE_REASONS, key=len, reverse=True)
+
+#: Why a step that could not move its order left it PENDING (the outcomes that can).
+_STUCK_REASONS: Mapping[Outcome, Reason] = {
+    Outcome.UNKNOWN: Reason.DEPENDENCY_UNAVAILABLE,
+    Outcome.REJECTED: Reason.DEPENDENCY_REJECTED,
+}
+
+
+def failure_class(failure_reason: str) -> Reason:
+    """The class of a FAILED order's ``failure_reason``, read from its kind."""
+    kind = next((k for k in _FAILURE_KINDS if failure_reason.startswith(k)), None)
+    return Reason.OTHER if kind is None else FAILURE_REASONS[kind]
+
+
+def ending(order: Order, stuck_on: Outcome | None = None) -> Reason:
+    """Why a run ended with ``order`` where it is; ``stuck_on``: the outcome of the step
+    that could not move a PENDING order."""
+    if order.status is Status.CONFIRMED:
+        return Reason.NONE
+    if order.status is Status.FAILED:
+        return failure_class(order.failure_reason)
+    if stuck_on is None:
+        return Reason.LEASE_LOST
+    return _STUCK_REASONS.get(stuck_on, Reason.DEPENDENCY_UNAVAILABLE)
 
 
 def reason(kind: str, detail: str = "") -> str:

@@ -27,7 +27,7 @@ from meshkit.ids import new_id
 from meshkit.paging import check_page_size, cursor_int, cursor_str, decode_token, encode_token
 from order_service import domain
 from order_service.claims import Claim, Claims
-from order_service.domain import NewOrder, Order, Status
+from order_service.domain import NewOrder, Order, Reason, Status
 from order_service.leases import Lease, Leases
 from order_service.saga import Saga
 from order_service.store import Cursor, DuplicateRequest, OrderStore
@@ -46,6 +46,7 @@ class Orders:
         leases: Leases,
         saga: Saga,
         *,
+        on_outcome: Callable[[Status, Reason], None] = lambda status, reason: None,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -53,6 +54,8 @@ class Orders:
         self._claims = claims
         self._leases = leases
         self._saga = saga
+        #: Told how each saga this class runs ended: what CreateOrder answers, PENDING too.
+        self._on_outcome = on_outcome
         self._monotonic = monotonic
         self._sleep = sleep
 
@@ -95,6 +98,7 @@ class Orders:
             self._claims.withdraw(request.request_id, claim)
             return None
         run = self._saga.run(order, lease, discard_if_invalid=True)
+        self._on_outcome(run.order.status, run.reason)
         if run.invalid:
             # Inventory refused the lines (an unknown SKU) and the saga deleted the order:
             # free the request_id too, for a corrected order.

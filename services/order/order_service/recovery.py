@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import redis
 
-from order_service.domain import Status
+from order_service.domain import Reason, Status
 from order_service.leases import Leases
 from order_service.saga import Saga
 from order_service.store import OrderStore
@@ -33,6 +34,7 @@ class Recovery:
         interval_s: float,
         age_s: float,
         batch: int = DEFAULT_BATCH,
+        on_outcome: Callable[[Status, Reason], None] = lambda status, reason: None,
     ) -> None:
         self._store = store
         self._leases = leases
@@ -40,6 +42,8 @@ class Recovery:
         self._interval_s = interval_s
         self._age_us = int(age_s * 1_000_000)
         self._batch = batch
+        #: Told of each order recovery ends; one it leaves PENDING was counted by its request.
+        self._on_outcome = on_outcome
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -61,8 +65,9 @@ class Recovery:
                 if order is None or order.status is not Status.PENDING:
                     continue
                 _log.info("%s: resuming at %s", order.order_id, order.step)
-                order = self._saga.run(order, lease).order
-                if order.status is not Status.PENDING:
+                run = self._saga.run(order, lease)
+                if run.order.status is not Status.PENDING:
+                    self._on_outcome(run.order.status, run.reason)
                     finished += 1
             except Exception:
                 _log.exception("%s: recovery failed; will retry", candidate.order_id)

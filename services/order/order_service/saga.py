@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from meshkit import tracing
 from meshkit.errors import FieldViolation
 from order_service import domain
-from order_service.domain import Order, Outcome, Status, Step, StepResult
+from order_service.domain import Order, Outcome, Reason, Status, Step, StepResult
 from order_service.ports import Inventory, Lease, Payments, RemoteError, Store
 
 _log = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ class Run:
     """Where a run of the saga left its order."""
 
     order: Order
+    #: Why the run ended there (the outcome metric's reason label).
+    reason: Reason
     #: Set when the order FAILED because inventory refused its lines (Outcome.INVALID).
     invalid: tuple[FieldViolation, ...] = ()
 
@@ -63,7 +65,7 @@ class Saga:
         while order.status is Status.PENDING:
             if not lease.keep():
                 _log.warning("%s: lease lost at %s", order.order_id, order.step)
-                return Run(order)
+                return Run(order, domain.ending(order))
             step = order.step
             with tracing.span(_SPAN_NAMES[step], {"order.id": order.order_id}) as span:
                 result = self._steps[step](order)
@@ -71,19 +73,19 @@ class Saga:
             moved = domain.advance(order, result)
             if discard_if_invalid and result.outcome is Outcome.INVALID:
                 self._store.delete(order.order_id)
-                return Run(moved, result.violations)
+                return Run(moved, domain.ending(moved), result.violations)
             if moved != order:  # also keeps ids a stuck step learnt, e.g. a reservation_id
                 order = self._store.save(moved) if domain.must_save(moved) else moved
             if moved.status is Status.PENDING and moved.step == step:
                 _log.warning("%s: stuck at %s: %s", order.order_id, step, result.reason)
-                return Run(order)
+                return Run(order, domain.ending(order, stuck_on=result.outcome))
             _log.debug("%s: %s %s -> %s", order.order_id, step, result.outcome, order.step)
         # A confirmed order logs nothing above DEBUG: at load, a line per order costs this
         # process and supervisord (which copies every line to the log file) more than the
         # saga's own Redis work. A failure is rarer, and its reason worth a line.
         if order.status is Status.FAILED:
             _log.info("%s: FAILED: %s", order.order_id, order.failure_reason)
-        return Run(order, () if result is None else result.violations)
+        return Run(order, domain.ending(order), () if result is None else result.violations)
 
     # --- forward steps ---------------------------------------------------------------------
 
@@ -94,7 +96,7 @@ class Saga:
             if error.code == "INVALID_ARGUMENT":
                 return StepResult(
                     outcome=Outcome.INVALID,
-                    reason=domain.reason(domain.INVENTORY_REJECTED, error.message),
+                    reason=domain.reason(domain.INVENTORY_REFUSED_LINES, error.message),
                     violations=error.violations or (FieldViolation("lines", error.message),),
                 )
             if error.code == "FAILED_PRECONDITION":

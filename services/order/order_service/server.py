@@ -17,6 +17,7 @@ from order_service.claims import Claims
 from order_service.clients import GrpcInventory, GrpcPayments, open_channel
 from order_service.config import Settings
 from order_service.leases import Leases
+from order_service.metrics import create_duration_interceptor, saga_outcomes
 from order_service.orders import Orders
 from order_service.recovery import Recovery
 from order_service.saga import Saga
@@ -24,6 +25,7 @@ from order_service.servicer import OrderServicer
 from order_service.store import SCHEMA, OrderStore
 
 SERVICE_NAME = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
+CREATE_ORDER = f"/{SERVICE_NAME}/CreateOrder"
 #: What this server's reflection lists: the whole mesh's API. A reflection stream has one path
 #: for every service, so Envoy sends the edge's to one backend, this one, which holds every
 #: service's descriptors already (it calls inventory and payment).
@@ -86,6 +88,7 @@ def build_app(settings: Settings) -> OrderApp:
         GrpcInventory(inventory_channel, settings.call_timeout_s),
         GrpcPayments(payment_channel, settings.call_timeout_s),
     )
+    outcomes = saga_outcomes()
     return OrderApp(
         settings=settings,
         db=db,
@@ -95,13 +98,14 @@ def build_app(settings: Settings) -> OrderApp:
         claims=claims,
         leases=leases,
         saga=saga,
-        orders=Orders(store, claims, leases, saga),
+        orders=Orders(store, claims, leases, saga, on_outcome=outcomes.record),
         recovery=Recovery(
             store,
             leases,
             saga,
             interval_s=settings.recovery_interval_s,
             age_s=settings.recovery_age_s,
+            on_outcome=outcomes.record,
         ),
     )
 
@@ -116,6 +120,7 @@ def serve(settings: Settings) -> RunningServer:
         reflection_names=REFLECTION_NAMES,
         registrations=[lambda s: order_pb2_grpc.add_OrderServiceServicer_to_server(servicer, s)],
         checks={"sqlite": app.db.ping, "redis": app.ping_redis},
+        interceptors=[create_duration_interceptor(CREATE_ORDER)],
     )
     app.recovery.start()
     running.on_stop.append(app.close)

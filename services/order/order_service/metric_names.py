@@ -1,0 +1,17 @@
+"""Every metric and label name the order service exports itself, in one place (rules, dashboards,
+tests). The RED metrics of its RPCs come from meshkit.server, its outbound calls' from
+resilience.metric_names."""
+
+from __future__ import annotations
+
+# Labels: low cardinality only, never an id.
+OUTCOME = "outcome"  # the order's status when the run ended: CONFIRMED, FAILED or PENDING
+REASON = "reason"  # order_service.domain.Reason: none, declined, out_of_stock, ... (fixed set)
+
+#: Saga runs by how they left their order (outcome, reason): every order once when it ends
+#: CONFIRMED or FAILED, whichever run ends it, and once more as PENDING when CreateOrder
+#: answered before it could end (a step got no answer, or the lease was lost).
+SAGA_OUTCOMES = "order_saga_outcomes_total"
+#: CreateOrder's handling time; the last call in each bucket whose trace was sampled is
+#: its exemplar (``trace_id``). No labels.
+CREATE_DURATION = "order_create_duration_seconds"

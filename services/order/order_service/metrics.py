@@ -1,0 +1,87 @@
+"""The order service's own metrics: how sagas end, and CreateOrder's latency with exemplars.
+
+CreateOrder answers OK whether its saga CONFIRMED the order or FAILED it, so the gRPC codes
+say nothing of a payment service that declines nothing but is down: :class:`SagaOutcomes`
+does. Names and labels are in :mod:`order_service.metric_names`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+from meshkit.method_metrics import MethodDurationInterceptor
+from order_service import metric_names as m
+from order_service.domain import Reason, Status
+
+#: The (outcome, reason) pairs a run can end in; each series exists from start-up at 0, so a
+#: ratio over them is 0, not empty, before the first failure.
+OUTCOME_REASONS: tuple[tuple[Status, Reason], ...] = (
+    (Status.CONFIRMED, Reason.NONE),
+    *(
+        (Status.FAILED, reason)
+        for reason in Reason
+        if reason not in (Reason.NONE, Reason.LEASE_LOST)
+    ),
+    (Status.PENDING, Reason.DEPENDENCY_UNAVAILABLE),
+    (Status.PENDING, Reason.DEPENDENCY_REJECTED),
+    (Status.PENDING, Reason.LEASE_LOST),
+)
+
+#: Seconds; the SLO's 1 s is a bound, so "within 1 s" is one bucket's count.
+CREATE_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class SagaOutcomes:
+    """Counts saga runs by the status they left the order in and why (see metric_names)."""
+
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
+        self._counter = Counter(
+            m.SAGA_OUTCOMES,
+            "Saga runs by the order's status at their end and the reason class",
+            (m.OUTCOME, m.REASON),
+            registry=registry,
+        )
+        self._series = {
+            (status, reason): self._counter.labels(status.value, reason.value)
+            for status, reason in OUTCOME_REASONS
+        }
+
+    def record(self, status: Status, reason: Reason) -> None:
+        series = self._series.get((status, reason))
+        if series is None:  # a pair no run should end in; counted all the same
+            series = self._counter.labels(status.value, reason.value)
+        series.inc()
+
+
+def create_duration(registry: CollectorRegistry | None = REGISTRY) -> Histogram:
+    return Histogram(
+        m.CREATE_DURATION,
+        "CreateOrder handling time; exemplars are sampled calls' trace ids",
+        buckets=CREATE_DURATION_BUCKETS,
+        registry=registry,
+    )
+
+
+_outcomes: SagaOutcomes | None = None
+_duration: Histogram | None = None
+_lock = threading.Lock()
+
+
+def saga_outcomes() -> SagaOutcomes:
+    """The process-wide outcome counter (one registry; tests build several apps)."""
+    global _outcomes
+    with _lock:
+        if _outcomes is None:
+            _outcomes = SagaOutcomes()
+        return _outcomes
+
+
+def create_duration_interceptor(method: str) -> MethodDurationInterceptor:
+    """Observes ``method`` (CreateOrder's full path) in the process-wide histogram."""
+    global _duration
+    with _lock:
+        if _duration is None:
+            _duration = create_duration()
+        return MethodDurationInterceptor(method, _duration)
