@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from inventory_service.config import Settings
 from inventory_service.server import serve
-from meshkit import tracing
-from meshkit.server import configure_logging, run_until_signalled
+from meshkit import logs, tracing
+from meshkit.server import run_until_signalled
 from meshkit.settings import load_or_exit
 
 
 def main() -> None:
     settings = load_or_exit("inventory", Settings.from_env)
-    configure_logging("inventory")
+    logs.configure("inventory")
     tracing.start("inventory")
     run_until_signalled(serve(settings))
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from meshkit import tracing
-from meshkit.server import configure_logging, run_until_signalled
+from meshkit import logs, tracing
+from meshkit.server import run_until_signalled
 from meshkit.settings import load_or_exit
 from order_service.config import Settings
 from order_service.server import serve
@@ -11,7 +11,7 @@ from order_service.server import serve
 
 def main() -> None:
     settings = load_or_exit("order", Settings.from_env)
-    configure_logging("order")
+    logs.configure("order")
     tracing.start("order")
     run_until_signalled(serve(settings))
 

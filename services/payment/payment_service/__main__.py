@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from meshkit import tracing
-from meshkit.server import configure_logging, run_until_signalled
+from meshkit import logs, tracing
+from meshkit.server import run_until_signalled
 from meshkit.settings import load_or_exit
 
 from .config import Settings
@@ -17,7 +17,7 @@ _log = logging.getLogger("payment_service")
 
 def main() -> int:
     settings = load_or_exit("payment", Settings.from_env)
-    configure_logging(f"payment-{settings.version}")
+    logs.configure("payment", version=settings.version)
     tracing.start("payment", version=settings.version)
     _log.info(
         "payment %s: data %s, fault rate %s (%s), latency %d ms",

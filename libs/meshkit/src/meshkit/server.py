@@ -232,10 +232,3 @@ def run_until_signalled(running: RunningServer) -> None:
     signal.signal(signal.SIGINT, on_signal)
     stopping.wait()
     running.stop()
-
-
-def configure_logging(service: str) -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
-    )
