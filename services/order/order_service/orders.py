@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 
+from meshkit import logs
 from meshkit.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, Validator
 from meshkit.ids import new_id
 from meshkit.paging import check_page_size, cursor_int, cursor_str, decode_token, encode_token
@@ -64,10 +65,11 @@ class Orders:
     def create(self, request: NewOrder, wait_s: float) -> Order:
         """Runs the saga once per request_id; a duplicate waits up to ``wait_s`` for it."""
         deadline = self._monotonic() + wait_s
-        while True:
-            order = self._create_once(request, deadline)
-            if order is not None:
-                return order
+        with logs.context(request_id=request.request_id):
+            while True:
+                order = self._create_once(request, deadline)
+                if order is not None:
+                    return order
 
     def _create_once(self, request: NewOrder, deadline: float) -> Order | None:
         """The order for this request, or None when the state moved under us: start over."""

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from meshkit import tracing
+from meshkit import logs, tracing
 from meshkit.errors import FieldViolation
 from order_service import domain
 from order_service.domain import Order, Outcome, Reason, Status, Step, StepResult
@@ -61,6 +61,11 @@ class Saga:
         its duplicates, which find no order) can answer INVALID_ARGUMENT. Recovery keeps the
         FAILED order: its id may have been seen.
         """
+        # Every line logged while it runs, the saga's and the libraries', names the order.
+        with logs.context(order_id=order.order_id):
+            return self._run(order, lease, discard_if_invalid=discard_if_invalid)
+
+    def _run(self, order: Order, lease: Lease, *, discard_if_invalid: bool) -> Run:
         result: StepResult | None = None
         while order.status is Status.PENDING:
             if not lease.keep():
