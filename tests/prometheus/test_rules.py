@@ -13,6 +13,7 @@ import yaml
 
 from meshctl.config import REPO_ROOT
 from meshctl.prometheus import RULE_FILES
+from order_service.domain import Reason
 
 RULES_DIR = REPO_ROOT / "deploy" / "prometheus"
 
@@ -42,7 +43,7 @@ def test_each_rules_file_passes_promtool_check_rules(path: Path) -> None:
 
 def test_every_recording_rule_and_both_burn_rate_alerts_pass_their_unit_tests() -> None:
     """rules_test.yml: each recording rule's value on synthetic series, a fast burn that
-    pages and a slow one that stays silent, for availability and for latency."""
+    pages and a slow one that stays silent, for availability, latency and order outcomes."""
     result = promtool("test", "rules", RULES_DIR / "rules_test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
@@ -67,3 +68,20 @@ def test_the_unit_tests_load_every_rules_file_and_cover_every_rule() -> None:
         test["alertname"] for case in tests["tests"] for test in case.get("alert_rule_test", [])
     }
     assert alerted == {rule["alert"] for rule in rules if "alert" in rule}
+
+
+def test_the_outcome_slo_leaves_out_exactly_the_ends_the_order_service_calls_chosen() -> None:
+    """The fault ratio's reason!~ regex against order_service.domain.Reason.chosen (none is
+    CONFIRMED's, which outcome="FAILED" leaves out already)."""
+    [group] = [
+        group
+        for group in yaml.safe_load((RULES_DIR / "recording_rules.yml").read_text())["groups"]
+        if group["name"] == "slo_order_outcomes"
+    ]
+    excluded = {
+        frozenset(found.split("|"))
+        for rule in group["rules"]
+        for found in re.findall(r'reason!~"([^"]+)"', rule["expr"])
+    }
+    assert excluded == {frozenset(r.value for r in Reason if r.chosen and r is not Reason.NONE)}
+    assert len(group["rules"]) == 4
