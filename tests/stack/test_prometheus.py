@@ -76,6 +76,9 @@ def test_orders_through_the_edge_reach_the_recording_rules(
         f"service_method:grpc_server_handling_seconds:p99_rate5m{{{CREATE_ORDER}}} > 0",
         # What CreateOrder's burn-rate alerts compare.
         f"service_method:slo_errors_per_call:ratio_rate5m{{{CREATE_ORDER}}} >= 0",
+        # How the sagas ended, and what the outcome SLO's burn-rate alert compares.
+        'outcome_reason:order_saga_outcomes:rate5m{outcome="CONFIRMED", reason="none"} > 0',
+        f'job:order_saga_faults_per_order:ratio_rate5m{{job="{ORDER.name}"}} >= 0',
         # Envoy's counters, per cluster and (relabelled from grpc_stats) per method.
         f'cluster:envoy_cluster_upstream_rq:rate5m{{envoy_cluster_name="{ORDER.name}"}} > 0',
         f'envoy_cluster_grpc_total{{envoy_cluster_name="{ORDER.name}", {CREATE_ORDER}}} > 0',

@@ -14,13 +14,17 @@
 
 A stack of its own exports to a real OTLP/gRPC receiver on a free port, the way
 `OTEL_EXPORTER_OTLP_ENDPOINT=... make up` exports to Jaeger; the trace is found by the
-x-trace-id header the edge answers with.
+x-trace-id header the edge answers with. The stack's Prometheus keeps the exemplars of
+order_create_duration_seconds, each the trace id of a sampled CreateOrder.
 """
 
 from __future__ import annotations
 
+import json
+import time
+import urllib.parse
+import urllib.request
 import uuid
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -29,9 +33,10 @@ from mesh.common.v1 import money_pb2
 from mesh.order.v1 import order_pb2, order_pb2_grpc
 from mesh.payment.v1 import payment_pb2, payment_pb2_grpc
 from meshctl.stack import Stack
-from meshctl.testing import running_stack
-from meshkit.trace_testing import OtlpReceiver, ReceivedSpan, otlp_receiver
+from meshkit.testing import wait_until
+from meshkit.trace_testing import OtlpReceiver, ReceivedSpan
 from meshkit.tracing import TRACE_ID_HEADER
+from order_service import metric_names
 
 pytestmark = pytest.mark.stack
 
@@ -44,25 +49,6 @@ STEPS = {
     "saga.charge": "/mesh.payment.v1.PaymentService/Charge",
     "saga.commit": "/mesh.inventory.v1.InventoryService/Commit",
 }
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[OtlpReceiver]:
-    with otlp_receiver() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def traced_stack(
-    tmp_path_factory: pytest.TempPathFactory, receiver: OtlpReceiver
-) -> Iterator[Stack]:
-    env = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-        # Export within 100 ms of a span's end, not the SDK's 5 s.
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-    }
-    with running_stack(tmp_path_factory.mktemp("traced"), env) as running:
-        yield running
 
 
 def create_order(stack: Stack) -> tuple[order_pb2.Order, str]:
@@ -175,3 +161,43 @@ def test_a_canary_pinned_call_shows_the_v2_cluster_and_the_v2_deployment(
     assert server.resource["service.version"] == "v2"
     _, cluster = _upstream(by_id, server)
     assert cluster == "payment_v2"
+
+
+def _exemplar_trace_ids(stack: Stack, since: float) -> set[str]:
+    """The trace ids of the exemplars Prometheus holds for CreateOrder's histogram."""
+    params = urllib.parse.urlencode(
+        {
+            "query": f"{metric_names.CREATE_DURATION}_bucket",
+            "start": f"{since:.3f}",
+            "end": f"{time.time() + 60:.3f}",
+        }
+    )
+    url = f"{stack.config.prometheus_url}/api/v1/query_exemplars?{params}"
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (http, built here)
+        body = json.load(response)
+    assert body["status"] == "success", body
+    return {
+        exemplar["labels"]["trace_id"]
+        for series in body["data"]
+        for exemplar in series["exemplars"]
+    }
+
+
+def test_create_orders_latency_exemplars_in_prometheus_name_traces_the_collector_received(
+    traced_stack: Stack, receiver: OtlpReceiver
+) -> None:
+    since = time.time() - 1
+    answered: set[str] = set()
+    found: set[str] = set()
+
+    def linked() -> bool:
+        # An order per look, so the histogram moves between Prometheus's 5 s scrapes.
+        answered.add(create_order(traced_stack)[1])
+        found.update(_exemplar_trace_ids(traced_stack, since))
+        received = {s.trace_id for s in receiver.spans() if s.service == "order"}
+        return bool(found & answered & received)
+
+    try:
+        wait_until(linked, timeout_s=30, interval_s=1.0, what="an exemplar of a received trace")
+    except TimeoutError:
+        pytest.fail(f"exemplars {sorted(found)}, orders' traces {sorted(answered)}")
