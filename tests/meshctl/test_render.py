@@ -117,6 +117,27 @@ def test_the_canary_split_names_the_registrys_canary_and_the_runtime_prefix(
         assert [c["name"] for c in split["clusters"]] == [p.name for p in CANARY]
 
 
+def test_both_listeners_log_each_request_as_json_with_its_trace_id_and_grpc_status(
+    tmp_path: Path,
+) -> None:
+    config = stack_config(tmp_path / AWKWARD, "redis://127.0.0.1:6379/0")
+    rendered = yaml.safe_load(render.envoy_yaml(config))
+    listeners = rendered["static_resources"]["listeners"]
+    assert sorted(listener["name"] for listener in listeners) == ["edge", "internal"]
+    for listener in listeners:
+        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        [access_log] = manager["access_log"]
+        assert access_log["typed_config"]["path"] == str(config.access_log)
+        fields = access_log["typed_config"]["log_format"]["json_format"]
+        assert fields["service"] == "envoy"
+        assert fields["listener"] == "%LISTENER_NAME%"
+        assert fields["trace_id"] == "%TRACE_ID%"
+        # From the trailers, or from the headers of a trailers-only answer.
+        assert fields["grpc_status"] == "%GRPC_STATUS(NUMBER)%"
+        assert fields["upstream_cluster"] == "%UPSTREAM_CLUSTER%"
+        assert {"timestamp", "method", "path", "response_flags", "duration_ms"} <= fields.keys()
+
+
 def test_a_route_to_a_cluster_the_registry_lacks_is_refused(tmp_path: Path) -> None:
     config = stack_config(tmp_path, "redis://127.0.0.1:6379/0")
     template = yaml.safe_load(config.envoy_template.read_text())
