@@ -1,5 +1,7 @@
 """The whole mesh, started once per session the way `make up` starts it: meshctl.stack.Stack
-on free ports in a temp dir, with a private redis-server and the real Envoy binary."""
+on free ports in a temp dir, with a private redis-server and the real Envoy binary; and a
+second one that exports traces to a real OTLP receiver and logs at DEBUG, shared by the
+modules that read traces and logs (each stack start costs ~10 s)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 from meshctl.stack import Stack
 from meshctl.testing import running_stack
 from meshkit.tls import WorkloadTls
+from meshkit.trace_testing import OtlpReceiver, otlp_receiver
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +37,25 @@ def as_order(stack: Stack) -> Iterator[grpc.Channel]:
     order = WorkloadTls.load(stack.config.certs_dir, "order")
     with grpc.secure_channel(stack.config.internal_target, order.channel_credentials()) as channel:
         yield channel
+
+
+@pytest.fixture(scope="session")
+def receiver() -> Iterator[OtlpReceiver]:
+    with otlp_receiver() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def traced_stack(
+    tmp_path_factory: pytest.TempPathFactory, receiver: OtlpReceiver
+) -> Iterator[Stack]:
+    """A mesh exporting to ``receiver``, as `OTEL_EXPORTER_OTLP_ENDPOINT=... make up` exports to
+    Jaeger, and logging every saga step (MESH_LOG_LEVEL=DEBUG)."""
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        # Export within 100 ms of a span's end, not the SDK's 5 s.
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "MESH_LOG_LEVEL": "DEBUG",
+    }
+    with running_stack(tmp_path_factory.mktemp("traced"), env) as running:
+        yield running
