@@ -41,6 +41,7 @@ def test_with_an_endpoint_both_listeners_trace_and_envoy_accepts_it(
     assert len(managers) == 2  # edge and internal
     for manager in managers:
         assert manager["tracing"]["spawn_upstream_span"] is True
+        assert manager["tracing"]["random_sampling"] == {"value": 100.0}
         provider = manager["tracing"]["provider"]
         assert provider["name"] == "envoy.tracers.opentelemetry"
         cluster_name = provider["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
@@ -86,3 +87,33 @@ def test_an_endpoint_envoy_cannot_export_to_is_refused_naming_the_variable(
     config = stack_config(tmp_path, "redis://127.0.0.1:6379/0", env)
     with pytest.raises(StackError, match="OTEL_EXPORTER_OTLP_ENDPOINT"):
         render.envoy_yaml(config)
+
+
+@pytest.mark.parametrize(
+    ("env", "percent"),
+    [
+        ({}, 100.0),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_always_on"}, 100.0),
+        ({"OTEL_TRACES_SAMPLER": "always_off"}, 0.0),
+        (
+            {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+            10.0,
+        ),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio"}, 100.0),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "lots"}, 100.0),
+        ({"OTEL_TRACES_SAMPLER": "no-such-sampler"}, 100.0),
+    ],
+)
+def test_the_edge_samples_new_traces_as_the_services_sampler_says(
+    env: dict[str, str], percent: float
+) -> None:
+    assert envoy_tracing.sampling_percent(env) == percent
+
+
+def test_a_ratio_sampler_reaches_both_listeners(tmp_path: Path) -> None:
+    ratio = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}
+    config = stack_config(tmp_path, "redis://127.0.0.1:6379/0", {**ENDPOINT, **ratio})
+    config.log_dir.mkdir()
+    ensure_certificates(config.certs_dir, WORKLOADS)
+    managers = _managers(yaml.safe_load(render.envoy_yaml(config)))
+    assert [m["tracing"]["random_sampling"] for m in managers] == [{"value": 25.0}] * 2

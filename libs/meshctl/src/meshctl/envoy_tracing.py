@@ -5,13 +5,18 @@ caller's traceparent, whose sampled flag it honours) and, with ``spawn_upstream_
 span per upstream request carrying ``upstream_cluster``, so a trace shows which payment
 deployment (payment_v1 or payment_v2) served a Charge. Spans go over OTLP/gRPC to the collector
 the services export to, through a cluster of its own.
+
+The edge starts every trace a caller did not, and the services' parent-based samplers follow
+its sampled flag: so Envoy samples a request without a traceparent as ``OTEL_TRACES_SAMPLER``
+says (``random_sampling``), or ``parentbased_traceidratio`` at 0.1 would still trace every
+order.
 """
 
 from __future__ import annotations
 
 import copy
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from meshctl.config import StackError
@@ -22,12 +27,34 @@ DEFAULT_OTLP_PORT = 4317
 #: Envoy batches spans for 5 s or 5 spans by default; a second shows a trace about as soon as
 #: the services' own (whose batch processor waits up to 5 s, OTEL_BSP_SCHEDULE_DELAY) do.
 RUNTIME = {"tracing.opentelemetry.flush_interval_ms": 1000}
+#: OTEL_TRACES_SAMPLER values that sample no new trace, or a ratio of them (the SDK's names).
+ALWAYS_OFF = frozenset({"always_off", "parentbased_always_off"})
+RATIO = frozenset({"traceidratio", "parentbased_traceidratio"})
+#: Span names, in access-log format: the request's path is /package.Service/Method.
+OPERATION = "%REQ(:PATH)%"
+UPSTREAM_OPERATION = "%REQ(:PATH)% %UPSTREAM_CLUSTER%"
 _HCM = "envoy.filters.network.http_connection_manager"
 _TYPE = "type.googleapis.com/"
 
 
-def traced(config: dict[str, Any], endpoint: str) -> dict[str, Any]:
-    """``config`` with a tracer on every HTTP connection manager and the collector's cluster."""
+def sampling_percent(env: Mapping[str, str]) -> float:
+    """The percentage of new traces ``OTEL_TRACES_SAMPLER``/``_ARG`` sample, as the SDK reads
+    them: an unknown sampler is the default (every trace), a bad ratio is 1.0."""
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if sampler in ALWAYS_OFF:
+        return 0.0
+    if sampler not in RATIO:
+        return 100.0
+    try:
+        ratio = float(env.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+    except ValueError:
+        ratio = 1.0
+    return 100.0 * ratio if 0.0 <= ratio <= 1.0 else 100.0
+
+
+def traced(config: dict[str, Any], endpoint: str, *, sampling: float = 100.0) -> dict[str, Any]:
+    """``config`` with a tracer on every HTTP connection manager and the collector's cluster;
+    ``sampling`` is the percentage of requests without a traceparent that are traced."""
     parsed = urllib.parse.urlsplit(endpoint)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise StackError(
@@ -46,6 +73,11 @@ def traced(config: dict[str, Any], endpoint: str) -> dict[str, Any]:
                 },
             },
             "spawn_upstream_span": True,
+            # Spans named after the gRPC method, as the services name theirs, rather than
+            # Envoy's "ingress" and "router <cluster> egress" on every hop.
+            "operation": OPERATION,
+            "upstream_operation": UPSTREAM_OPERATION,
+            "random_sampling": {"value": sampling},
         }
     out["static_resources"]["clusters"].append(_cluster(parsed))
     for layer in out.get("layered_runtime", {}).get("layers", []):

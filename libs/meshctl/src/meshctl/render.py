@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import configparser
 import io
+import os
 import re
 import shlex
 import shutil
@@ -250,7 +251,11 @@ def envoy_yaml(config: StackConfig) -> str:
     if not config.mtls:
         rendered = _plaintext(rendered)
     if config.traces_endpoint is not None:
-        rendered = envoy_tracing.traced(rendered, config.traces_endpoint)
+        rendered = envoy_tracing.traced(
+            rendered,
+            config.traces_endpoint,
+            sampling=envoy_tracing.sampling_percent({**os.environ, **config.env}),
+        )
     return yaml.safe_dump(rendered, sort_keys=False)
 
 
