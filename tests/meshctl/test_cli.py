@@ -47,6 +47,13 @@ def test_make_up_starts_its_own_redis_when_none_answers_and_make_down_leaves_not
         logs = capsys.readouterr().out
         assert f"==> {tmp_path / 'log' / 'order.log'} <==" in logs
         assert f"==> {tmp_path / 'log' / 'redis.log'} <==" in logs
+        assert f"==> {tmp_path / 'log' / 'envoy-access.log'} <==" in logs
+        # The services' JSON lines read as one short line each, or as written with json.
+        serving = r"^\d\d:\d\d:\d\d\.\d{3} order INFO serving mesh\.order\.v1\.OrderService on "
+        assert re.search(serving, logs, re.M), logs
+        assert main(["logs"], {**env, "LINES": "5", "LOGS_FORMAT": "json"}) == 0
+        raw = capsys.readouterr().out
+        assert re.search(r'^\{"timestamp": .*"message": "serving mesh\.order\.v1', raw, re.M), raw
     finally:
         pids = stack.supervisor.pids() if stack.supervisor.is_running() else {}
         assert main(["down"], env) == 0

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
+from meshctl import logview
 from meshctl.config import StackConfig, StackError
 from meshctl.report import orphan_table, status_table
 from meshctl.stack import DEFAULT_LOG_LINES, Stack
@@ -17,6 +18,12 @@ Command = Callable[[Stack, argparse.Namespace, Mapping[str, str]], int]
 
 LINES = settings.integer(
     "LINES", DEFAULT_LOG_LINES, lo=1, hi=100_000, doc="lines of each log `make logs` shows"
+)
+LOGS_FORMAT = settings.choice(
+    "LOGS_FORMAT",
+    "text",
+    ("text", "json"),
+    doc="how `make logs` shows JSON lines: text, one short line each; json, as written",
 )
 
 
@@ -29,7 +36,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
     commands.add_parser("up", help="start the mesh and wait until it is healthy")
     commands.add_parser("down", help="stop everything `up` started")
     commands.add_parser("status", help="every program's state and health")
-    commands.add_parser("logs", help="tail every log (LINES=n)")
+    commands.add_parser("logs", help="tail every log (LINES=n, LOGS_FORMAT=json)")
     commands.add_parser("settings", help="print the README's table of every setting")
     canary = commands.add_parser("canary", help="set payment v1/v2 weights live")
     canary.add_argument("v1", type=int)
@@ -85,7 +92,9 @@ def _status(stack: Stack, _args: argparse.Namespace, _env: Mapping[str, str]) ->
 
 
 def _logs(stack: Stack, _args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    print(stack.logs(LINES.read(env)))
+    lines, as_written = LINES.read(env), LOGS_FORMAT.read(env) == "json"
+    tails = stack.logs(lines)
+    print(tails if as_written else logview.human_lines(tails))
     return 0
 
 

@@ -15,7 +15,7 @@ import order_service.config
 import payment_service.config
 import resilience
 from meshctl import cli, config
-from meshkit import settings, tls
+from meshkit import logs, settings, tls
 
 BEGIN = "<!-- settings:begin (python -m meshctl settings) -->"
 END = "<!-- settings:end -->"
@@ -23,8 +23,9 @@ END = "<!-- settings:end -->"
 
 def declared() -> Iterator[tuple[str, settings.Var[Any]]]:
     """(who reads it, the variable) for every declaration, launcher first."""
-    yield from (("launcher", var) for var in (*config.VARIABLES, cli.LINES))
+    yield from (("launcher", var) for var in (*config.VARIABLES, cli.LINES, cli.LOGS_FORMAT))
     yield "every service", tls.CERTS_DIR
+    yield "every service", logs.LOG_LEVEL
     for who, cls in (
         ("order", order_service.config.Settings),
         ("inventory", inventory_service.config.Settings),

@@ -143,14 +143,16 @@ class Stack:
         self.envoy.set_runtime(dict(zip(keys, (v1, v2), strict=True)))
 
     def logs(self, lines: int = DEFAULT_LOG_LINES) -> str:
-        """The last ``lines`` of every program's log, supervisord's own log last."""
+        """The last ``lines`` of every program's log, then Envoy's access log, supervisord's
+        own log last."""
         configured = self.supervisor.configured()
         names = [
             p.name
             for p in PROGRAMS
             if not p.listener and (p.name in configured or not p.only_without_redis)
         ]
-        return log_excerpt(self.config, [*names, SUPERVISORD], lines)
+        access = self.config.access_log.stem  # log_excerpt finds a log by its file's stem
+        return log_excerpt(self.config, [*names, access, SUPERVISORD], lines)
 
     def _say(self, text: str) -> None:
         print(text, file=self._out, flush=True)
