@@ -1,14 +1,14 @@
 """One CreateOrder through the edge is one trace across Envoy, order, inventory and payment:
 
-    envoy SERVER ingress                              the edge
-    +- envoy CLIENT router order egress               upstream_cluster: order
-       +- order SERVER CreateOrder
+    envoy SERVER .../CreateOrder                      the edge
+    +- envoy CLIENT .../CreateOrder order             upstream_cluster: order
+       +- order SERVER .../CreateOrder
           +- saga.reserve                             (and saga.charge, saga.commit)
              +- CLIENT .../Reserve                    the resilience library's logical call
                 +- .../Reserve attempt 1
                    +- CLIENT .../Reserve              the grpc instrumentation's
-                      +- envoy SERVER ingress         the internal listener
-                         +- envoy CLIENT ...          upstream_cluster: inventory
+                      +- envoy SERVER .../Reserve     the internal listener
+                         +- envoy CLIENT .../Reserve inventory   upstream_cluster: inventory
                             +- inventory SERVER .../Reserve
                                +- sqlite write inventory.db, Redis commands
 
@@ -86,7 +86,10 @@ def _upstream(by_id: dict[str, ReceivedSpan], server: ReceivedSpan) -> tuple[Rec
     assert (egress.service, egress.kind) == ("envoy", "CLIENT"), egress
     ingress = by_id[egress.parent_id]
     assert (ingress.service, ingress.kind) == ("envoy", "SERVER"), ingress
-    return ingress, str(egress.attributes["upstream_cluster"])
+    cluster = str(egress.attributes["upstream_cluster"])
+    # Envoy's spans are named after the method, as the backend's own is.
+    assert (ingress.name, egress.name) == (server.name, f"{server.name} {cluster}")
+    return ingress, cluster
 
 
 def _complete(spans: list[ReceivedSpan]) -> bool:
