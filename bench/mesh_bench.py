@@ -1,6 +1,8 @@
 """CreateOrder through Envoy at 1, 16 and 64 in flight, next to a bare gRPC call through the same
 Envoy measured in the same run, plus the RSS of every stack process; then CreateOrder on a stack
-with mTLS on against one with mTLS off (MESH_MTLS=0), both running, in alternating blocks.
+with mTLS on against one with mTLS off (MESH_MTLS=0), both running, in alternating blocks; then
+CreateOrder with tracing off, on at 100% and on at 10% (three stacks, alternating blocks), the
+traced ones exporting to a real OTLP receiver each, in processes of their own.
 
 The stack is started exactly as ``make up`` starts it (meshctl, supervisor, real Envoy) but on
 free ports in a temp dir with its own redis-server, so a running ``make up`` is never disturbed.
@@ -15,9 +17,11 @@ import asyncio
 import contextlib
 import itertools
 import os
+import subprocess
+import sys
 import tempfile
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -31,6 +35,17 @@ from meshctl.testing import running_stack
 
 IN_FLIGHT = (1, 16, 64)
 MTLS_IN_FLIGHT = 16
+TRACING_IN_FLIGHT = 16
+#: The tracing variants: a name and the stack settings on top of the bench's (the traced ones
+#: also get their receiver's OTEL_EXPORTER_OTLP_ENDPOINT).
+TRACING_VARIANTS: tuple[tuple[str, Mapping[str, str] | None], ...] = (
+    ("off", None),
+    ("100% sampled", {}),
+    (
+        "10% sampled",
+        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+    ),
+)
 SKUS = [f"SKU-{n:04d}" for n in range(1, 21)]
 CALL_TIMEOUT_S = 10.0
 
@@ -134,12 +149,30 @@ def main() -> None:
     parser.add_argument(
         "--mtls-rounds", type=int, default=6, help="A/B blocks of mTLS on vs off (0 skips it)"
     )
+    parser.add_argument(
+        "--tracing-rounds",
+        type=int,
+        default=6,
+        help="blocks of tracing off / 100%% / 10%% (0 skips it)",
+    )
+    parser.add_argument("--tracing-only", action="store_true", help="only the tracing comparison")
     args = parser.parse_args()
     block_s, rounds = (1.0, 1) if args.quick else (args.block, args.rounds)
 
     # Enough stock that 64 in flight for the whole run never runs a SKU dry.
     env = {"INVENTORY_SEED_STOCK": "1000000"}
     env.update(item.split("=", 1) for item in args.env)
+    if not args.tracing_only:
+        _compare_levels(env, args.in_flight or IN_FLIGHT, block_s, rounds)
+        if args.mtls_rounds:
+            _compare_mtls(env, block_s, 1 if args.quick else args.mtls_rounds)
+    if args.tracing_rounds:
+        _compare_tracing(env, block_s, 1 if args.quick else args.tracing_rounds)
+
+
+def _compare_levels(
+    env: dict[str, str], levels: Sequence[int], block_s: float, rounds: int
+) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp,
         open(os.devnull, "w") as quiet,
@@ -158,7 +191,7 @@ def main() -> None:
             "|------------------------|-----------|-----------|----------|----------|"
             "------------|----------------|"
         )
-        for in_flight in args.in_flight or IN_FLIGHT:
+        for in_flight in levels:
             bare, orders, confirmed = asyncio.run(
                 _measure(stack.config.edge_target, in_flight, block_s, rounds)
             )
@@ -181,8 +214,6 @@ def main() -> None:
                 print(f"| {name:<12} | {pid:>7} | {rss / 1024:>7.1f} |")
         print(f"| {'total':<12} | {'':>7} | {total / 1024:>7.1f} |")
         _check_stock(stack.config.edge_target)
-    if args.mtls_rounds:
-        _compare_mtls(env, block_s, 1 if args.quick else args.mtls_rounds)
 
 
 def _compare_mtls(env: dict[str, str], block_s: float, rounds: int) -> None:
@@ -214,6 +245,115 @@ def _compare_mtls(env: dict[str, str], block_s: float, rounds: int) -> None:
         ratio = f"x{on.throughput / off.throughput:.3f} calls/s" if off.throughput else ""
         print(_row(f"mTLS on ({on_ok} ok)", MTLS_IN_FLIGHT, on, ratio))
         print(_row(f"mTLS off ({off_ok} ok)", MTLS_IN_FLIGHT, off))
+
+
+@contextlib.contextmanager
+def _receiver() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """An OTLP receiver process (bench._receiver): its endpoint, and the process, whose last
+    line is the number of spans it received once its stdin is closed."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench._receiver"],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        yield process.stdout.readline().strip(), process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _spans_received(process: subprocess.Popen[str]) -> int:
+    out, _ = process.communicate(timeout=60)
+    return int(out.split()[-1])
+
+
+async def _measure_tracing(
+    edges: Sequence[str], in_flight: int, block_s: float, rounds: int
+) -> list[tuple[LoadResult, int]]:
+    async with contextlib.AsyncExitStack() as channels:
+        creates = [
+            _Orders(
+                await channels.enter_async_context(grpc.aio.insecure_channel(edge)),
+                f"bench-tracing-{n}",
+            )
+            for n, edge in enumerate(edges)
+        ]
+        results = await _alternate(creates, in_flight, block_s, rounds)
+        return [(result, create.confirmed) for result, create in zip(results, creates, strict=True)]
+
+
+def _compare_tracing(env: dict[str, str], block_s: float, rounds: int) -> None:
+    """CreateOrder with tracing off, on at 100% and on at 10% (parent-based trace-id ratio:
+    the edge samples a tenth of the new traces and every service follows its flag); the
+    three stacks run throughout, so the idle ones cost every variant alike."""
+    load_before = os.getloadavg()
+    with contextlib.ExitStack() as outer:
+        tmp = Path(outer.enter_context(tempfile.TemporaryDirectory(prefix="mesh-bench-otel-")))
+        quiet = outer.enter_context(open(os.devnull, "w"))
+        # The receivers outlive the stacks, which flush their queued spans as they stop.
+        receivers = {
+            n: outer.enter_context(_receiver())
+            for n, (_, extra) in enumerate(TRACING_VARIANTS)
+            if extra is not None
+        }
+        with contextlib.ExitStack() as running:
+            stacks = [
+                running.enter_context(
+                    running_stack(
+                        tmp / str(n),
+                        {**env}
+                        if extra is None
+                        else {**env, **extra, "OTEL_EXPORTER_OTLP_ENDPOINT": receivers[n][0]},
+                        out=quiet,
+                    )
+                )
+                for n, (_, extra) in enumerate(TRACING_VARIANTS)
+            ]
+            measured = asyncio.run(
+                _measure_tracing(
+                    [stack.config.edge_target for stack in stacks],
+                    TRACING_IN_FLIGHT,
+                    block_s,
+                    rounds,
+                )
+            )
+            order_rss = [_rss_kib(stack.supervisor.pids()["order"]) / 1024 for stack in stacks]
+            load_after = os.getloadavg()
+        spans = {n: _spans_received(process) for n, (_, process) in receivers.items()}
+    print(
+        f"\nCreateOrder, tracing off vs on, {TRACING_IN_FLIGHT} in flight; {rounds} "
+        f"alternating blocks of {block_s:.1f} s per variant, all three stacks running; spans "
+        "go to meshkit.trace_testing's OTLP/gRPC receiver (grpcio; decodes and keeps every "
+        "span), one process per traced stack; OTEL_BSP_* at the SDK's defaults\n"
+    )
+    print(
+        "| variant                | in flight | calls/s   | p50 ms   | p99 ms   | "
+        "errors     | calls/s vs off | p99 vs off | order RSS MiB |"
+    )
+    print(
+        "|------------------------|-----------|-----------|----------|----------|"
+        "------------|----------------|------------|---------------|"
+    )
+    off = measured[0][0]
+    for (name, _), (result, ok), rss in zip(TRACING_VARIANTS, measured, order_rss, strict=True):
+        throughput = f"x{result.throughput / off.throughput:.3f}"
+        p99 = f"x{result.percentile_ms(0.99) / off.percentile_ms(0.99):.3f}"
+        row = _row(f"{name} ({ok} ok)", TRACING_IN_FLIGHT, result, throughput)
+        print(f"{row} {p99:<10} | {rss:>13.1f} |")
+    print()
+    for n, count in spans.items():
+        ok = measured[n][1]
+        per_order = count / ok if ok else 0.0
+        print(f"{TRACING_VARIANTS[n][0]}: {count} spans received, {per_order:.1f} per order")
+    print(
+        f"load average: {load_before[0]:.2f} before, "
+        f"{' '.join(f'{x:.2f}' for x in load_after)} after (1, 5, 15 min)"
+    )
 
 
 def _check_stock(edge: str) -> None:
