@@ -329,8 +329,9 @@ def _compare_tracing(env: dict[str, str], block_s: float, rounds: int) -> None:
         f"\nCreateOrder, tracing off vs on, {TRACING_IN_FLIGHT} in flight; {rounds} "
         f"alternating blocks of {block_s:.1f} s per variant, all three stacks running; spans "
         "go to meshkit.trace_testing's OTLP/gRPC receiver (grpcio; decodes and keeps every "
-        "span), one process per traced stack; OTEL_BSP_* at the SDK's defaults\n"
+        "span), one process per traced stack"
     )
+    print(f"stack settings: {' '.join(f'{k}={v}' for k, v in sorted(env.items()))}\n")
     print(
         "| variant                | in flight | calls/s   | p50 ms   | p99 ms   | "
         "errors     | calls/s vs off | p99 vs off | order RSS MiB |"
