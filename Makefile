@@ -66,6 +66,28 @@ logs: ## tail the logs of every process (LINES=n)
 canary: ## move the payment canary weights live: make canary V1=50 V2=50
 	$(PY) -m meshctl canary $(V1) $(V2)
 
+# Jaeger and Grafana come from Docker, for those who have it; the mesh itself never needs it.
+# Docker Desktop forwards host.docker.internal to the host's loopback, where the mesh listens;
+# a Linux engine's bridge does not, so there Grafana shares the host's network
+# (deploy/compose/compose.yaml says more).
+OBSERVE_COMPOSE := deploy/compose/compose.yaml
+NEED_DOCKER = command -v docker >/dev/null 2>&1 || { echo "make $@ needs Docker with Compose v2" \
+	"(docker compose), which starts Jaeger and Grafana; the mesh runs without it (make up)" >&2; exit 1; }
+
+.PHONY: observe observe-down
+observe: ## Jaeger and Grafana in Docker, reading the running mesh (make observe-down stops them)
+	@$(NEED_DOCKER)
+	@engine=$$(docker info --format '{{.OperatingSystem}}') || { echo "make observe: the" \
+		"Docker daemon does not answer (docker info failed)" >&2; exit 1; }; \
+	case "$$(uname -s) $$engine" in Darwin*|*"Docker Desktop"*) profile=docker-desktop;; \
+		*) profile=linux-engine;; esac; \
+	docker compose -f $(OBSERVE_COMPOSE) --profile $$profile up -d && \
+	echo "Grafana http://127.0.0.1:3000  Jaeger http://127.0.0.1:16686 ($$profile);" \
+		"traces: make down && OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 make up"
+observe-down: ## stop what `make observe` started
+	@$(NEED_DOCKER)
+	docker compose -f $(OBSERVE_COMPOSE) --profile '*' down
+
 .PHONY: test
 test: setup ## set up and run the whole suite
 	$(PY) -m pytest

@@ -7,7 +7,16 @@ from pathlib import Path
 
 from meshctl.pidrecord import RecordedProcess
 from meshctl.registry import BACKENDS, PROMETHEUS_PORT
-from meshctl.report import ProgramStatus, banner, orphan_table, status_table, tail
+from meshctl.report import (
+    GRAFANA_URL,
+    JAEGER_OTLP_ENDPOINT,
+    JAEGER_UI_URL,
+    ProgramStatus,
+    banner,
+    orphan_table,
+    status_table,
+    tail,
+)
 from meshctl.testing import stack_config
 
 
@@ -25,6 +34,20 @@ def test_the_banner_names_every_backend_with_its_ports(tmp_path: Path) -> None:
     assert f"{config.admin_url}/runtime_modify?routing.payment.payment_v1=50&" in text
     [prometheus] = [line for line in text.splitlines() if line.split()[:1] == ["prometheus"]]
     assert prometheus.split()[1] == f"http://127.0.0.1:{config.port(PROMETHEUS_PORT)}"
+
+
+def test_the_banner_names_jaeger_and_grafana_as_make_observes(tmp_path: Path) -> None:
+    config = stack_config(tmp_path, "redis://127.0.0.1:6379/0", {"OTEL_SDK_DISABLED": "true"})
+    lines = banner(config, own_redis=True).splitlines()
+    [jaeger] = [line for line in lines if line.split()[:3] == ["jaeger", "(make", "observe)"]]
+    [grafana] = [line for line in lines if line.split()[:3] == ["grafana", "(make", "observe)"]]
+    assert jaeger.split()[3] == JAEGER_UI_URL
+    assert f"OTEL_EXPORTER_OTLP_ENDPOINT={JAEGER_OTLP_ENDPOINT} make up" in jaeger
+    assert grafana.split()[3] == GRAFANA_URL
+    traced = stack_config(
+        tmp_path, "redis://127.0.0.1:6379/0", {"OTEL_EXPORTER_OTLP_ENDPOINT": JAEGER_OTLP_ENDPOINT}
+    )
+    assert f"traces go to {JAEGER_OTLP_ENDPOINT}" in banner(traced, own_redis=True)
 
 
 def test_plaintext_is_said_in_the_banner(tmp_path: Path) -> None:

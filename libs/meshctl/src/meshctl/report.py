@@ -7,11 +7,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshctl import dashboards
 from meshctl.config import StackConfig
 from meshctl.envoy import CANARY_RUNTIME_PREFIX
 from meshctl.pidrecord import RecordedProcess
 from meshctl.registry import BACKENDS, CANARY, INVENTORY_SERVICE, ORDER_SERVICE, PROGRAMS
 from meshkit.health import SERVING
+
+#: Where `make observe` publishes Jaeger and Grafana (deploy/compose/compose.yaml; a test keeps
+#: the two equal). Fixed ports: they are Docker's, not the stack's.
+JAEGER_UI_URL = "http://127.0.0.1:16686"
+JAEGER_OTLP_ENDPOINT = "http://127.0.0.1:4317"
+GRAFANA_URL = "http://127.0.0.1:3000"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +71,21 @@ def banner(config: StackConfig, *, own_redis: bool) -> str:
         f"{CANARY_RUNTIME_PREFIX}.{program.name}={weight}"
         for program, weight in zip(CANARY, (50, 50), strict=True)
     )
+    endpoint = c.traces_endpoint
+    traces = (
+        f"traces off: make down && OTEL_EXPORTER_OTLP_ENDPOINT={JAEGER_OTLP_ENDPOINT} make up"
+        if endpoint is None
+        else f"traces go to {endpoint}"
+    )
+    boards = ", ".join(dashboards.TITLES)
     lines = [
         "resilient-mesh is up",
         f"  {'edge (gRPC, public API)':<26} {edge}",
         f"  {'internal (service calls)':<26} {c.internal_target}   {security}",
         f"  {'envoy admin':<26} {c.admin_url}",
         f"  {'prometheus':<26} {c.prometheus_url}   rules in {c.rules_dir}",
+        f"  {'jaeger (make observe)':<26} {JAEGER_UI_URL}   {traces}",
+        f"  {'grafana (make observe)':<26} {GRAFANA_URL}   dashboards {boards}",
     ]
     for program in BACKENDS:
         assert program.backend is not None
