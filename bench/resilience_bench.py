@@ -72,7 +72,7 @@ def _policy() -> resilience.ClientPolicy:
                     },
                 }
             ],
-            "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+            "retryBudget": {"budgetPercent": 20, "minRetriesPerSecond": 3, "window": "10s"},
             "circuitBreaker": {
                 "consecutiveFailures": 5,
                 "failureRate": {"threshold": 0.5, "window": "10s", "minimumCalls": 20},

@@ -14,7 +14,9 @@ from resilience import (
     Idempotency,
     MethodPolicy,
     Pipeline,
+    RatioBudgetOptions,
     RecordingListener,
+    RetryBudgetExhausted,
     RetryOptions,
     RetryScheduled,
 )
@@ -124,3 +126,23 @@ def test_a_stream_has_one_attempt_and_no_per_attempt_timeout() -> None:
     clock.advance(0.3)
     stream.finish("UNAVAILABLE")
     assert [type(e) for e in events.events] == [AttemptEnded, CallEnded]
+
+
+def test_a_ratio_budget_counts_sent_calls_and_withdraws_only_retries_that_go() -> None:
+    budget = RatioBudgetOptions(budget_percent=50, min_retries_per_second=0, window=10)
+    p, clock, events = pipeline(retry_budget=budget)
+    short = CallState(p.plan(GET), 0.02)  # no time for any backoff: its failure stands
+    short.next_attempt()
+    assert short.attempt_ended(("UNAVAILABLE", None, False)) is None
+    assert p.budget is not None
+    assert p.budget.tokens == 0.5  # one call counted, no retry withdrawn
+
+    second = CallState(p.plan(GET), None)
+    second.next_attempt()  # 2 calls: one retry's worth
+    assert second.attempt_ended(("UNAVAILABLE", None, False)) is not None
+    clock.advance(0.05)
+    second.next_attempt()
+    assert second.attempt_ended(("UNAVAILABLE", None, False)) is None  # spent
+    assert [type(e) for e in events.events].count(RetryBudgetExhausted) == 1
+    exhausted = events.of(RetryBudgetExhausted)[0]
+    assert exhausted.attempt == 2  # type: ignore[union-attr]

@@ -11,6 +11,7 @@ from resilience import (
     FailureRate,
     Idempotency,
     PolicyError,
+    RatioBudgetOptions,
     build_policy,
     load_policy,
 )
@@ -182,6 +183,14 @@ def test_env_override_creates_a_retry_policy_when_there_is_none() -> None:
         ),
         ({"retryThrotling": {}}, r"retryThrotling: must be one of"),
         (
+            {"retryBudget": {"budgetPercent": 120}},
+            r"retryBudget.budgetPercent: must be in \[0, 100\], got 120.0",
+        ),
+        (
+            {"retryBudget": {}, "retryThrottling": {"maxTokens": 5}},
+            r"retryBudget: must be the only retry budget \(drop retryThrottling",
+        ),
+        (
             {"methodConfig": [{"name": [{}], "retryPolicy": {"maxAttempt": 2}}]},
             r"retryPolicy.maxAttempt: must be one of",
         ),
@@ -190,6 +199,23 @@ def test_env_override_creates_a_retry_policy_when_there_is_none() -> None:
 def test_bad_values_name_the_field_and_the_allowed_range(doc: object, message: str) -> None:
     with pytest.raises(PolicyError, match=message):
         build_policy(doc, env={})
+
+
+def test_a_retry_budget_replaces_a6_throttling() -> None:
+    doc = {"retryBudget": {"budgetPercent": 25, "minRetriesPerSecond": 1, "window": "30s"}}
+    policy = build_policy(doc, env={})
+    assert policy.throttle is None
+    assert policy.retry_budget == RatioBudgetOptions(
+        budget_percent=25, min_retries_per_second=1, window=30
+    )
+
+
+def test_env_overrides_set_the_retry_budget() -> None:
+    env = {"RESILIENCE_RETRY_BUDGET_PERCENT": "10", "RESILIENCE_RETRY_BUDGET_WINDOW": "5s"}
+    policy = build_policy({"retryBudget": {}}, env=env)
+    assert policy.retry_budget == RatioBudgetOptions(budget_percent=10, window=5)
+    with pytest.raises(PolicyError, match=r"\$RESILIENCE_RETRY_BUDGET_PERCENT.*\[0, 100\]"):
+        build_policy({"retryBudget": {}}, env={"RESILIENCE_RETRY_BUDGET_PERCENT": "-5"})
 
 
 def test_bad_env_value_names_the_variable() -> None:

@@ -17,7 +17,7 @@ from ._breaker import (
     FailureRate,
     TripCondition,
 )
-from ._budget import RetryBudget, ThrottleOptions
+from ._budget import Budget, RatioBudgetOptions, RatioRetryBudget, RetryBudget, ThrottleOptions
 from ._bulkhead import Bulkhead, BulkheadOptions
 from ._client import LocalRpcError, ResilientChannel, intercept_channel, sync_interceptors
 from ._clock import SYSTEM_CLOCK, Clock, Rng, SystemClock
@@ -71,6 +71,7 @@ __all__ = [
     "BreakerOptions",
     "BreakerRejected",
     "BreakerStateChanged",
+    "Budget",
     "Bulkhead",
     "BulkheadOptions",
     "BulkheadRejected",
@@ -91,6 +92,8 @@ __all__ = [
     "Pipeline",
     "PolicyError",
     "PrometheusListener",
+    "RatioBudgetOptions",
+    "RatioRetryBudget",
     "RecordingListener",
     "ResilientAioChannel",
     "ResilientChannel",

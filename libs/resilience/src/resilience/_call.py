@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from ._backoff import Wait
 from ._breaker import OPEN, Breaker, BreakerOpen
-from ._budget import RetryBudget
+from ._budget import Budget
 from ._bulkhead import Bulkhead
 from ._clock import Rng
 from ._codes import AVAILABILITY_FAILURES, CANCELLED, DEADLINE_EXCEEDED, OK, RESOURCE_EXHAUSTED
@@ -73,7 +73,8 @@ class Plan:
     breaker: Breaker | None
     # The target's, shared by all its methods.
     bulkhead: Bulkhead | None
-    budget: RetryBudget | None
+    budget: Budget | None
+    count_call: Callable[[float], None] | None  # the budget's `on_request`, when it has one
     deadline_margin: float
     now: Callable[[], float]
     rng: Rng
@@ -153,6 +154,8 @@ class CallState:
                 self._failure = self._breaker_open(err)
                 self._release()
                 return None
+        if attempt == 1 and plan.count_call is not None:
+            plan.count_call(now)
         limit = plan.per_attempt
         timeout = self.timeout = limit if limit is not None and limit < remaining else remaining
         return timeout
@@ -281,8 +284,15 @@ class CallState:
                 return None
         if plan.breaker is not None and plan.breaker.state_name == OPEN:
             return None  # an open breaker stops retries at once
+        if pushback is not None:
+            delay = pushback
+        else:
+            delay = plan.wait(self.attempt - self._backoff_from, plan.rng)
+        if now + delay >= self.deadline:
+            return None
+        # Last: a ratio budget counts the retry it allows, so only a retry that will go asks.
         budget = plan.budget
-        if budget is not None and not budget.allows_retry():
+        if budget is not None and not budget.try_retry(now):
             if plan.listeners:
                 emit(
                     plan.listeners,
@@ -290,12 +300,6 @@ class CallState:
                         site=plan.site, attempt=self.attempt, code=code, tokens=budget.tokens
                     ),
                 )
-            return None
-        if pushback is not None:
-            delay = pushback
-        else:
-            delay = plan.wait(self.attempt - self._backoff_from, plan.rng)
-        if now + delay >= self.deadline:
             return None
         if plan.listeners:
             emit(

@@ -10,6 +10,8 @@
          "timeout": "3s"}
       ],
       "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+      // or, instead of retryThrottling (see resilience._budget for when to pick which):
+      "retryBudget": {"budgetPercent": 20, "minRetriesPerSecond": 3, "window": "10s"},
       "circuitBreaker": {"consecutiveFailures": 5,
                          "failureRate": {"threshold": 0.5, "window": "10s", "minimumCalls": 20},
                          "resetTimeout": "5s", "halfOpenMaxCalls": 1, "successThreshold": 1,
@@ -20,6 +22,7 @@
 
 An entry for a method overrides, key by key, its service's entry, which overrides the default
 entry (`"name": [{}]`). A missing section takes its defaults; `null` turns that policy off.
+`retryBudget` is off unless present, and then replaces `retryThrottling`'s default.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import yaml
 from google.protobuf.descriptor import ServiceDescriptor
 
 from ._breaker import BreakerOptions, ConsecutiveFailures, FailureRate, TripCondition
-from ._budget import ThrottleOptions
+from ._budget import RatioBudgetOptions, ThrottleOptions
 from ._bulkhead import BulkheadOptions
 from ._codes import ALL_CODES
 from ._errors import PolicyError
@@ -58,6 +61,9 @@ ENV_OVERRIDES: Mapping[str, tuple[str, ...]] = {
     "RESILIENCE_PER_ATTEMPT_TIMEOUT": ("default", "retryPolicy", "perAttemptRecvTimeout"),
     "RESILIENCE_RETRY_MAX_TOKENS": ("retryThrottling", "maxTokens"),
     "RESILIENCE_RETRY_TOKEN_RATIO": ("retryThrottling", "tokenRatio"),
+    "RESILIENCE_RETRY_BUDGET_PERCENT": ("retryBudget", "budgetPercent"),
+    "RESILIENCE_RETRY_BUDGET_MIN_PER_SECOND": ("retryBudget", "minRetriesPerSecond"),
+    "RESILIENCE_RETRY_BUDGET_WINDOW": ("retryBudget", "window"),
     "RESILIENCE_BREAKER_CONSECUTIVE_FAILURES": ("circuitBreaker", "consecutiveFailures"),
     "RESILIENCE_BREAKER_RESET_TIMEOUT": ("circuitBreaker", "resetTimeout"),
     "RESILIENCE_BULKHEAD_MAX_CONCURRENT_CALLS": ("bulkhead", "maxConcurrentCalls"),
@@ -65,7 +71,14 @@ ENV_OVERRIDES: Mapping[str, tuple[str, ...]] = {
 }
 
 _TOP_KEYS = frozenset(
-    {"methodConfig", "retryThrottling", "circuitBreaker", "bulkhead", "deadlineMargin"}
+    {
+        "methodConfig",
+        "retryThrottling",
+        "retryBudget",
+        "circuitBreaker",
+        "bulkhead",
+        "deadlineMargin",
+    }
 )
 _ENTRY_KEYS = frozenset({"name", "timeout", "retryPolicy", "waitForReady"})
 _RETRY_KEYS = frozenset(
@@ -197,6 +210,14 @@ def _assemble(
         methods[key] = _method_policy([default_entry, service_entry, entry], where)
 
     margin = top.get("deadlineMargin")
+    retry_budget = None
+    if top.get("retryBudget") not in (None, False):
+        retry_budget = _ratio_budget(_mapping(top["retryBudget"], "retryBudget"), "retryBudget")
+    throttle = (
+        None
+        if retry_budget is not None and "retryThrottling" not in top
+        else _section(top, "retryThrottling", _throttle)
+    )
     return _checked(
         "",
         lambda: ClientPolicy(
@@ -204,7 +225,8 @@ def _assemble(
             services=services,
             methods=methods,
             idempotency=idempotency,
-            throttle=_section(top, "retryThrottling", _throttle),
+            throttle=throttle,
+            retry_budget=retry_budget,
             breaker=_section(top, "circuitBreaker", _breaker),
             bulkhead=_section(top, "bulkhead", _bulkhead),
             deadline_margin=DEFAULT_DEADLINE_MARGIN
@@ -262,6 +284,20 @@ def _throttle(doc: Mapping[str, Any], where: str) -> ThrottleOptions:
     if "tokenRatio" in doc:
         kwargs["token_ratio"] = _number(doc["tokenRatio"], f"{where}.tokenRatio")
     return _checked(where, lambda: ThrottleOptions(**kwargs))
+
+
+def _ratio_budget(doc: Mapping[str, Any], where: str) -> RatioBudgetOptions:
+    _known_keys(doc, frozenset({"budgetPercent", "minRetriesPerSecond", "window"}), where)
+    kwargs: dict[str, Any] = {}
+    if "budgetPercent" in doc:
+        kwargs["budget_percent"] = _number(doc["budgetPercent"], f"{where}.budgetPercent")
+    if "minRetriesPerSecond" in doc:
+        kwargs["min_retries_per_second"] = _number(
+            doc["minRetriesPerSecond"], f"{where}.minRetriesPerSecond"
+        )
+    if "window" in doc:
+        kwargs["window"] = _seconds(doc["window"], f"{where}.window")
+    return _checked(where, lambda: RatioBudgetOptions(**kwargs))
 
 
 def _breaker(doc: Mapping[str, Any], where: str) -> BreakerOptions:

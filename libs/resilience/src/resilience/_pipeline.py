@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Protocol, TypeVar
 
 from ._breaker import Breaker
-from ._budget import RetryBudget
+from ._budget import Budget, RatioRetryBudget, RetryBudget
 from ._bulkhead import Bulkhead
 from ._call import CallState, Plan, Status, emit
 from ._clock import SYSTEM_CLOCK, Clock, Rng
@@ -74,7 +74,11 @@ class Pipeline:
         self.clock = clock
         self._rng: Rng = rng if rng is not None else random.Random()  # jitter only
         self._listeners = tuple(listeners)
-        self.budget = RetryBudget(policy.throttle) if policy.throttle is not None else None
+        self.budget: Budget | None = None
+        if policy.retry_budget is not None:
+            self.budget = RatioRetryBudget(policy.retry_budget, clock.monotonic())
+        elif policy.throttle is not None:
+            self.budget = RetryBudget(policy.throttle)
         self.bulkhead = Bulkhead(policy.bulkhead) if policy.bulkhead is not None else None
         self._breakers: dict[str, Breaker] = {}
         self._plans: dict[str | bytes, Plan] = {}
@@ -126,6 +130,7 @@ class Pipeline:
             breaker=self._breaker_for(method),
             bulkhead=self.bulkhead,
             budget=self.budget,
+            count_call=None if self.budget is None else self.budget.on_request,
             deadline_margin=self.policy.deadline_margin,
             now=self.clock.monotonic,
             rng=self._rng,

@@ -9,7 +9,7 @@ from types import MappingProxyType
 
 from ._backoff import Wait, WaitFullJitter
 from ._breaker import BreakerOptions
-from ._budget import ThrottleOptions
+from ._budget import RatioBudgetOptions, ThrottleOptions
 from ._bulkhead import BulkheadOptions
 from ._codes import ALL_CODES, NEVER_RETRYABLE, UNAVAILABLE
 from ._errors import PolicyError
@@ -114,11 +114,19 @@ class ClientPolicy:
     methods: Mapping[str, MethodPolicy] = field(default_factory=dict)
     idempotency: Mapping[str, Idempotency] = field(default_factory=dict)
     throttle: ThrottleOptions | None = DEFAULT_THROTTLE
+    #: A ratio budget instead of A6 throttling (set `throttle=None`): see resilience._budget.
+    retry_budget: RatioBudgetOptions | None = None
     breaker: BreakerOptions | None = DEFAULT_BREAKER
     bulkhead: BulkheadOptions | None = DEFAULT_BULKHEAD
     deadline_margin: float = DEFAULT_DEADLINE_MARGIN
 
     def __post_init__(self) -> None:
+        if self.retry_budget is not None and self.throttle is not None:
+            raise PolicyError(
+                "retryBudget",
+                "the only retry budget (drop retryThrottling, or set it null)",
+                "both",
+            )
         if not 0 <= self.deadline_margin <= 10:
             raise PolicyError("deadlineMargin", "in [0, 10] seconds", self.deadline_margin)
         for key in self.methods:
