@@ -204,15 +204,15 @@ def _compare_levels(
             print(_row(f"CreateOrder ({confirmed} ok)", in_flight, orders, ratio))
         pids = stack.supervisor.pids()
         print("\nRSS after the run (MiB):")
-        print("| process      | pid     | RSS MiB |")
-        print("|--------------|---------|---------|")
+        print("| process        | pid     | RSS MiB |")
+        print("|----------------|---------|---------|")
         total = 0
         for name, pid in sorted(pids.items()):
             with contextlib.suppress(OSError):
                 rss = _rss_kib(pid)
                 total += rss
-                print(f"| {name:<12} | {pid:>7} | {rss / 1024:>7.1f} |")
-        print(f"| {'total':<12} | {'':>7} | {total / 1024:>7.1f} |")
+                print(f"| {name:<14} | {pid:>7} | {rss / 1024:>7.1f} |")
+        print(f"| {'total':<14} | {'':>7} | {total / 1024:>7.1f} |")
         _check_stock(stack.config.edge_target)
 
 
