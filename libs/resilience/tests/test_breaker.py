@@ -119,6 +119,36 @@ def test_a_failed_probe_reopens_it_for_another_reset_timeout() -> None:
     assert breaker.probe_in() == pytest.approx(1)
 
 
+def test_each_failed_probe_doubles_the_open_interval_up_to_the_maximum() -> None:
+    clock = FakeClock()
+    breaker = make(
+        clock, trip=ConsecutiveFailures(threshold=1), reset_timeout=0.5, max_reset_timeout=3
+    )
+    fail(breaker)
+    intervals = []
+    for _ in range(5):
+        wait = breaker.probe_in()
+        assert wait is not None
+        intervals.append(wait)
+        clock.advance(wait)
+        fail(breaker)  # the probe fails: open again, for longer
+    assert intervals == pytest.approx([0.5, 1, 2, 3, 3])
+
+
+def test_closing_starts_the_open_interval_over() -> None:
+    clock = FakeClock()
+    breaker = make(
+        clock, trip=ConsecutiveFailures(threshold=1), reset_timeout=0.5, max_reset_timeout=3
+    )
+    fail(breaker)
+    clock.advance(0.5)
+    fail(breaker)  # reopened for 1 s
+    clock.advance(1)
+    succeed(breaker)  # the probe succeeds: closed
+    fail(breaker)
+    assert breaker.probe_in() == pytest.approx(0.5)
+
+
 def test_success_threshold_needs_that_many_successful_probes() -> None:
     clock = FakeClock()
     breaker = make(
@@ -252,6 +282,7 @@ def test_a_success_racing_a_failure_is_accounted_in_full() -> None:
     ("kwargs", "field"),
     [
         ({"reset_timeout": 0}, "resetTimeout"),
+        ({"reset_timeout": 2, "max_reset_timeout": 1}, "maxResetTimeout"),
         ({"half_open_max_calls": 0}, "halfOpenMaxCalls"),
         ({"success_threshold": 0}, "successThreshold"),
     ],

@@ -218,6 +218,13 @@ def test_env_overrides_set_the_retry_budget() -> None:
         build_policy({"retryBudget": {}}, env={"RESILIENCE_RETRY_BUDGET_PERCENT": "-5"})
 
 
+def test_the_breakers_open_interval_may_grow() -> None:
+    doc = {"circuitBreaker": {"resetTimeout": "0.5s", "maxResetTimeout": "5s"}}
+    breaker = build_policy(doc, env={}).breaker
+    assert breaker is not None
+    assert [breaker.open_interval(n) for n in (1, 2, 5)] == [0.5, 1.0, 5.0]
+
+
 def test_bad_env_value_names_the_variable() -> None:
     with pytest.raises(PolicyError, match=r"\$RESILIENCE_TIMEOUT.*must be in \[0.001, 86400\]"):
         build_policy({}, env={"RESILIENCE_TIMEOUT": "0s"})

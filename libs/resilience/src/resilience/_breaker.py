@@ -8,9 +8,13 @@ API. pybreaker keeps the states, the consecutive-failure count, `success_thresho
 transitions, reported through a `CircuitBreakerListener`; this module adds what a wrapped call
 cannot give:
 
-* `acquire()` asks before an attempt: closed passes, open fails fast until the reset timeout has
+* `acquire()` asks before an attempt: closed passes, open fails fast until the open interval has
   passed on the injected clock (pybreaker times it on the wall clock, which tests cannot move),
   half-open lets at most `half_open_max_calls` probes through;
+* the open interval starts at `reset_timeout` and doubles each time a probe fails, up to
+  `max_reset_timeout` (resilience4j's exponential `waitIntervalFunctionInOpenState`): a
+  backend back after a sub-second restart is probed, and readmitted, within `reset_timeout`,
+  while one that stays down is probed ever less often. Closing starts it over;
 * in the closed state a `TripCondition` decides when to open (pybreaker's own `fail_max` is
   out of reach): `ConsecutiveFailures(5) | FailureRate(...)`.
 """
@@ -262,7 +266,9 @@ class BreakerOptions:
     """`circuitBreaker` in the policy file."""
 
     trip: TripCondition = DEFAULT_TRIP
+    #: The first open interval; each failed probe doubles it, up to `max_reset_timeout`.
     reset_timeout: float = DEFAULT_RESET_TIMEOUT
+    max_reset_timeout: float | None = None  # None: the same as reset_timeout (never grows)
     half_open_max_calls: int = DEFAULT_HALF_OPEN_MAX_CALLS
     success_threshold: int = DEFAULT_SUCCESS_THRESHOLD
     per_method: bool = False
@@ -270,12 +276,22 @@ class BreakerOptions:
     def __post_init__(self) -> None:
         if not 0.001 <= self.reset_timeout <= 3600:
             raise PolicyError("resetTimeout", "in [0.001, 3600] seconds", self.reset_timeout)
+        longest = self.max_reset_timeout
+        if longest is not None and not self.reset_timeout <= longest <= 3600:
+            raise PolicyError(
+                "maxResetTimeout", f"in [resetTimeout={self.reset_timeout}, 3600] seconds", longest
+            )
         if not 1 <= self.half_open_max_calls <= 1000:
             raise PolicyError(
                 "halfOpenMaxCalls", "an integer in [1, 1000]", self.half_open_max_calls
             )
         if not 1 <= self.success_threshold <= 1000:
             raise PolicyError("successThreshold", "an integer in [1, 1000]", self.success_threshold)
+
+    def open_interval(self, openings: int) -> float:
+        """How long the breaker stays open after its `openings`-th opening in a row."""
+        longest = self.reset_timeout if self.max_reset_timeout is None else self.max_reset_timeout
+        return min(self.reset_timeout * 2.0 ** min(openings - 1, 32), longest)
 
 
 class BreakerOpen(LocalFailure):
@@ -325,7 +341,9 @@ class Breaker:
         "_half_open_max",
         "_lock",
         "_on_state_change",
+        "_open_interval",
         "_opened_at",
+        "_openings",
         "_probes",
         "_quiet",
         "_record_success",
@@ -346,7 +364,10 @@ class Breaker:
         on_state_change: Callable[[str, str], None] | None = None,
     ) -> None:
         self.name = name
+        #: How long the breaker stays open this time (see `BreakerOptions.open_interval`).
         self.reset_timeout = options.reset_timeout
+        self._open_interval = options.open_interval
+        self._openings = 0  # openings since the breaker was last closed
         self._clock = clock
         self._tracker = options.trip.tracker()
         self._record_success = self._tracker.record_success
@@ -452,9 +473,12 @@ class Breaker:
         self.closed = new == CLOSED
         if new == OPEN:
             self._opened_at = self._clock.monotonic()
+            self._openings += 1
+            self.reset_timeout = self._open_interval(self._openings)
         else:
             self._probes = 0
         if new == CLOSED:
+            self._openings = 0
             self._tracker.reset()
         # pybreaker resets its count on entering closed, before it notifies listeners.
         self._quiet = self.closed and self.circuit.fail_counter == 0

@@ -14,7 +14,8 @@
       "retryBudget": {"budgetPercent": 20, "minRetriesPerSecond": 3, "window": "10s"},
       "circuitBreaker": {"consecutiveFailures": 5,
                          "failureRate": {"threshold": 0.5, "window": "10s", "minimumCalls": 20},
-                         "resetTimeout": "5s", "halfOpenMaxCalls": 1, "successThreshold": 1,
+                         "resetTimeout": "0.5s", "maxResetTimeout": "5s",
+                         "halfOpenMaxCalls": 1, "successThreshold": 1,
                          "perMethod": false},
       "bulkhead": {"maxConcurrentCalls": 100},
       "deadlineMargin": "0.02s"
@@ -96,6 +97,7 @@ _BREAKER_KEYS = frozenset(
         "consecutiveFailures",
         "failureRate",
         "resetTimeout",
+        "maxResetTimeout",
         "halfOpenMaxCalls",
         "successThreshold",
         "perMethod",
@@ -330,6 +332,8 @@ def _breaker(doc: Mapping[str, Any], where: str) -> BreakerOptions:
         kwargs["trip"] = trip
     if "resetTimeout" in doc:
         kwargs["reset_timeout"] = _seconds(doc["resetTimeout"], f"{where}.resetTimeout")
+    if "maxResetTimeout" in doc:
+        kwargs["max_reset_timeout"] = _seconds(doc["maxResetTimeout"], f"{where}.maxResetTimeout")
     for key, name in (
         ("halfOpenMaxCalls", "half_open_max_calls"),
         ("successThreshold", "success_threshold"),
