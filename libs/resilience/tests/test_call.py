@@ -146,3 +146,21 @@ def test_a_ratio_budget_counts_sent_calls_and_withdraws_only_retries_that_go() -
     assert [type(e) for e in events.events].count(RetryBudgetExhausted) == 1
     exhausted = events.of(RetryBudgetExhausted)[0]
     assert exhausted.attempt == 2  # type: ignore[union-attr]
+
+
+def test_a_refusal_says_how_many_attempts_went_before_it() -> None:
+    breaker = BreakerOptions(trip=ConsecutiveFailures(threshold=2), reset_timeout=5)
+    p, clock, _ = pipeline(breaker=breaker)
+    racing, opener = CallState(p.plan(GET), None), CallState(p.plan(GET), None)
+    racing.next_attempt()
+    opener.next_attempt()
+    delay = racing.attempt_ended(("UNAVAILABLE", None, False))  # 1 failure: retry
+    assert delay is not None
+    assert opener.attempt_ended(("UNAVAILABLE", None, False)) is None  # 2: the breaker opens
+    clock.advance(delay)
+    # The retry is refused, but one attempt of this call has gone: the callee may have acted.
+    assert racing.next_attempt() is None
+    assert racing.failure.attempts_sent == 1
+    never = CallState(p.plan(GET), None)
+    assert never.next_attempt() is None
+    assert never.failure.attempts_sent == 0

@@ -144,6 +144,7 @@ def test_breaker_opens_fails_fast_and_a_probe_closes_it(
             await stub.Get(pb.FaultRequest(key="fast"))
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "is open: will probe again in 1.000s" in (err.value.details() or "")
+        assert resilience.never_sent(err.value)
         clock.advance(1)
         assert (await stub.Get(pb.FaultRequest(key="probe"))).attempt == 1
 
@@ -164,6 +165,7 @@ def test_bulkhead_rejects_over_its_limit(
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Get(pb.FaultRequest(key="third"))
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert resilience.never_sent(err.value)
         fault_server.gate("held").set()
         assert len(await asyncio.gather(*held)) == 2
 

@@ -165,6 +165,7 @@ def test_breaker_opens_fails_fast_and_a_half_open_probe_closes_it(
         in err.value.details()
     )
     assert fault_server.attempts["fast"] == 0  # failed fast: the server never saw it
+    assert resilience.never_sent(err.value)
     [rejected] = events.of(resilience.BreakerRejected)
     assert rejected.probe_in == 5  # type: ignore[union-attr]
     clock.advance(5)
@@ -189,6 +190,7 @@ def test_bulkhead_rejects_over_its_limit(pb: ModuleType, connect: Any, fault_ser
         stub.Get(pb.FaultRequest(key="third"))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert fault_server.attempts["third"] == 0
+    assert resilience.never_sent(err.value)
     fault_server.gate("held").set()
     for t in threads:
         t.join(10)
@@ -204,6 +206,17 @@ def test_spent_deadline_fails_fast_without_sending(
         stub.Get(pb.FaultRequest(key="late"))
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert fault_server.attempts["late"] == 0
+    assert resilience.never_sent(err.value)
+
+
+def test_an_error_from_the_callee_is_not_never_sent(
+    pb: ModuleType, connect: Any, fault_server: Any
+) -> None:
+    with pytest.raises(grpc.RpcError) as answered:
+        connect(make_policy(pb)).Get(
+            pb.FaultRequest(key="bad", fail_first=-1, fail_code="INTERNAL")
+        )
+    assert not resilience.never_sent(answered.value)
 
 
 def test_server_streaming_goes_through_breaker_and_bulkhead(

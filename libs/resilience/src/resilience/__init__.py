@@ -24,7 +24,7 @@ from ._clock import SYSTEM_CLOCK, Clock, Rng, SystemClock
 from ._codes import NEVER_RETRYABLE as NEVER_RETRYABLE
 from ._config import ENV_OVERRIDES, ENV_POLICY_FILE, build_policy, load_policy
 from ._deadline import deadline_scope, remaining_time
-from ._errors import LocalFailure, PolicyError
+from ._errors import LocalFailure, PolicyError, never_sent
 from ._events import (
     OUTCOME_BREAKER_OPEN,
     OUTCOME_BULKHEAD_FULL,
@@ -115,6 +115,7 @@ __all__ = [
     "intercept_aio_channel",
     "intercept_channel",
     "load_policy",
+    "never_sent",
     "remaining_time",
     "sync_interceptors",
 ]

@@ -17,9 +17,12 @@ from ._pipeline import Pipeline
 
 
 def _error(failure: LocalFailure) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
+    error = grpc.aio.AioRpcError(
         grpc_code(failure.code), grpc.aio.Metadata(), grpc.aio.Metadata(), failure.details
     )
+    # Read by `never_sent`: grpc.aio's error is raised as is, so the mark is an attribute.
+    error.resilience_attempts_sent = failure.attempts_sent
+    return error
 
 
 # -- one attempt through grpc.aio ------------------------------------------------------

@@ -144,6 +144,7 @@ class CallState:
         remaining = self.deadline - now
         if remaining <= 0:
             self._failure = self._no_time(remaining)
+            self._failure.attempts_sent = attempt - 1
             self._release()
             return None
         breaker = plan.breaker
@@ -152,6 +153,7 @@ class CallState:
                 self._probe = breaker.acquire()
             except BreakerOpen as err:
                 self._failure = self._breaker_open(err)
+                self._failure.attempts_sent = attempt - 1
                 self._release()
                 return None
         if attempt == 1 and plan.count_call is not None:

@@ -23,6 +23,8 @@ class LocalRpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc
         super().__init__(failure.details)
         self._code = grpc_code(failure.code)
         self._details = failure.details
+        #: Attempts sent before the refusal; 0: the callee never saw the call (`never_sent`).
+        self.resilience_attempts_sent = failure.attempts_sent
 
     def __str__(self) -> str:
         return f"<LocalRpcError status={self._code.name} details={self._details!r}>"

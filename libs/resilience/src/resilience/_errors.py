@@ -20,9 +20,21 @@ class PolicyError(ValueError):
 
 
 class LocalFailure(Exception):
-    """The pipeline failed a call without (re)sending it: breaker open, bulkhead full, no time."""
+    """The pipeline failed a call without (re)sending it: breaker open, bulkhead full, no time.
+
+    ``attempts_sent`` is how many attempts had gone before the refusal: 0 means the call never
+    left this process, so the callee certainly did nothing (a saga may count it as not done).
+    """
 
     def __init__(self, code: str, details: str) -> None:
         self.code = code
         self.details = details
+        self.attempts_sent = 0
         super().__init__(f"{code}: {details}")
+
+
+def never_sent(error: BaseException) -> bool:
+    """True when ``error`` is the pipeline's refusal of a call no attempt of which was sent
+    (breaker open, bulkhead full, deadline spent before the first attempt), from either the
+    sync or the asyncio client; False for any error that came back from the network."""
+    return getattr(error, "resilience_attempts_sent", None) == 0
