@@ -194,6 +194,13 @@ def test_happy_path_walks_reserve_charge_commit() -> None:
         (Step.CHARGE, Outcome.DECLINED, Step.RELEASE),
         (Step.CHARGE, Outcome.REJECTED, Step.RELEASE),
         (Step.CHARGE, Outcome.UNKNOWN, Step.VOID_CHARGE),
+        # Refused before it left: nothing was charged, so nothing to void.
+        (Step.RESERVE, Outcome.NOT_SENT, Status.FAILED),
+        (Step.CHARGE, Outcome.NOT_SENT, Step.RELEASE),
+        (Step.COMMIT, Outcome.NOT_SENT, Step.COMMIT),
+        (Step.VOID_CHARGE, Outcome.NOT_SENT, Step.VOID_CHARGE),
+        (Step.RELEASE, Outcome.NOT_SENT, Step.RELEASE),
+        (Step.REFUND, Outcome.NOT_SENT, Step.REFUND),
         (Step.COMMIT, Outcome.DECLINED, Step.REFUND),
         (Step.COMMIT, Outcome.UNKNOWN, Step.COMMIT),
         (Step.VOID_CHARGE, Outcome.OK, Step.RELEASE),

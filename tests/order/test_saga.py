@@ -101,9 +101,84 @@ def test_refused_lines_fail_the_order_or_discard_it_for_its_own_request() -> Non
 
     discarded = SavingStore()
     saga = Saga(discarded, RefusingInventory(), WillingPayments())
-    run = saga.run(order, HeldLease(), discard_if_invalid=True)
+    run = saga.run(order, HeldLease(), creating=True)
     assert run.invalid == (violation,)
     assert (discarded.saved, discarded.deleted) == ([], [order.order_id])
+
+
+def refused(method: str) -> RemoteError:
+    """What the resilience library's refusal (here an open breaker) becomes at the port."""
+    return RemoteError(
+        "UNAVAILABLE", f"circuit breaker for payment{method} is open", definite=False, sent=False
+    )
+
+
+class BreakerOpenPayments(WillingPayments):
+    def __init__(self) -> None:
+        self.voids = 0
+
+    def charge(self, *, order_id: str, customer_id: str, amount: Money, request_id: str) -> Payment:
+        raise refused("/mesh.payment.v1.PaymentService/Charge")
+
+    def void_charge(self, *, charge_request_id: str, order_id: str) -> Payment:
+        self.voids += 1
+        return super().void_charge(charge_request_id=charge_request_id, order_id=order_id)
+
+
+class BreakerOpenInventory(WillingInventory):
+    def __init__(self, *, commit: bool = False, reserve: bool = False) -> None:
+        self.refuse_commit, self.refuse_reserve = commit, reserve
+        self.releases = 0
+
+    def reserve(self, order_id: str, lines: Sequence[Line]) -> Reservation:
+        if self.refuse_reserve:
+            raise refused("/mesh.inventory.v1.InventoryService/Reserve")
+        return super().reserve(order_id, lines)
+
+    def commit(self, reservation_id: str) -> Reservation:
+        if self.refuse_commit:
+            raise refused("/mesh.inventory.v1.InventoryService/Commit")
+        return super().commit(reservation_id)
+
+    def release(self, reservation_id: str) -> Reservation:
+        self.releases += 1
+        return super().release(reservation_id)
+
+
+def test_a_charge_never_sent_releases_the_stock_without_a_void() -> None:
+    order = new_order("ord_" + "0" * 32, validate_create("c", [("SKU-0001", 1)], "r"))
+    payments, inventory = BreakerOpenPayments(), BreakerOpenInventory()
+
+    run = Saga(SavingStore(), inventory, payments).run(order, HeldLease(), creating=True)
+
+    assert (run.order.status, run.reason) == (Status.FAILED, Reason.DEPENDENCY_UNAVAILABLE)
+    assert run.order.failure_reason.startswith("payment unavailable: circuit breaker")
+    assert (payments.voids, inventory.releases) == (0, 1)
+
+
+def test_a_reserve_never_sent_fails_a_new_order_but_not_one_an_earlier_run_may_hold() -> None:
+    order = new_order("ord_" + "0" * 32, validate_create("c", [("SKU-0001", 1)], "r"))
+    inventory = BreakerOpenInventory(reserve=True)
+
+    fresh = Saga(SavingStore(), inventory, WillingPayments()).run(order, HeldLease(), creating=True)
+    assert (fresh.order.status, fresh.reason) == (Status.FAILED, Reason.DEPENDENCY_UNAVAILABLE)
+    # Recovery resuming at RESERVE: a crashed run may have reserved, so find it and release it
+    # (and that lookup, a Reserve, is refused too: the order waits at RELEASE).
+    resumed = Saga(SavingStore(), inventory, WillingPayments()).run(order, HeldLease())
+    assert (resumed.order.status, resumed.order.step) == (Status.PENDING, Step.RELEASE)
+
+
+def test_a_commit_never_sent_waits_to_go_forward_instead_of_undoing_the_order() -> None:
+    order = new_order("ord_" + "0" * 32, validate_create("c", [("SKU-0001", 1)], "r"))
+    inventory = BreakerOpenInventory(commit=True)
+
+    run = Saga(SavingStore(), inventory, WillingPayments()).run(order, HeldLease(), creating=True)
+
+    assert (run.order.status, run.order.step) == (Status.PENDING, Step.COMMIT)
+    assert inventory.releases == 0
+    inventory.refuse_commit = False  # the breaker closes; recovery runs it again
+    again = Saga(SavingStore(), inventory, WillingPayments()).run(run.order, HeldLease())
+    assert again.order.status is Status.CONFIRMED
 
 
 def test_the_happy_path_saves_before_commit_and_at_the_end_only() -> None:

@@ -7,6 +7,7 @@ name, message and field violations, and whether the callee certainly did nothing
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -35,31 +36,54 @@ CHANNEL_OPTIONS = (
 )
 
 
-def open_channel(
+#: The target label of the pipeline that carries a dependency's compensating calls.
+COMPENSATIONS_SUFFIX = "-compensations"
+
+
+@dataclass(frozen=True, slots=True)
+class Lanes:
+    """Two resilience pipelines over one connection to a dependency.
+
+    ``forward`` carries the saga's forward steps, ``compensations`` the calls that undo them
+    (Release, VoidCharge, Refund): each lane has its own retry budget, bulkhead and breakers,
+    so a forward path that spends the budget, fills the bulkhead or opens a breaker on a sick
+    dependency never starves the calls that put things right. ``connection`` is what to close.
+    """
+
+    forward: grpc.Channel
+    compensations: grpc.Channel
+    connection: grpc.Channel
+
+
+def open_lanes(
     address: str,
     *,
     target: str,
     policy: resilience.ClientPolicy,
     credentials: grpc.ChannelCredentials | None = None,
     listeners: Sequence[resilience.Listener] = (),
-) -> grpc.Channel:
-    """A channel to ``address`` (Envoy's internal listener by default) for the logical
+) -> Lanes:
+    """The lanes to ``address`` (Envoy's internal listener by default) for the logical
     ``target`` ("inventory"), over mTLS when ``credentials`` are given.
 
     Every outbound channel is made here, and every one runs the resilience pipeline: bulkhead,
     deadline, retry with budget, circuit breaker, per-attempt timeout (libs/resilience). When
     tracing is on, each call is a span with one child per attempt, over that attempt's CLIENT
-    span from the traced channel the pipeline wraps.
+    span from the traced channel the pipeline wraps. The compensations lane's metrics carry
+    the target ``<target>-compensations``.
     """
-    channel = (
+    connection = (
         grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         if credentials is None
         else grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
     )
-    return resilience.intercept_channel(
-        tracing.instrument_channel(channel),
-        tracing.pipeline(target=target, policy=policy, listeners=listeners),
-    )
+    traced = tracing.instrument_channel(connection)
+
+    def lane(name: str) -> grpc.Channel:
+        pipeline = tracing.pipeline(target=name, policy=policy, listeners=listeners)
+        return resilience.intercept_channel(traced, pipeline)
+
+    return Lanes(lane(target), lane(target + COMPENSATIONS_SUFFIX), connection)
 
 
 _Response = TypeVar("_Response")
@@ -87,7 +111,11 @@ def _remote_error(error: grpc.RpcError) -> RemoteError:
                 detail.Unpack(bad)
                 violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
     return RemoteError(
-        code.name, message or "", tuple(violations), definite=code.name in DEFINITE_CODES
+        code.name,
+        message or "",
+        tuple(violations),
+        definite=code.name in DEFINITE_CODES,
+        sent=not resilience.never_sent(error),
     )
 
 
@@ -96,10 +124,11 @@ def _money(money: money_pb2.Money) -> Money:
 
 
 class GrpcInventory:
-    """InventoryService as the saga sees it."""
+    """InventoryService as the saga sees it; Release goes by the compensations lane."""
 
-    def __init__(self, channel: grpc.Channel, timeout_s: float) -> None:
-        self._stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+    def __init__(self, lanes: Lanes, timeout_s: float) -> None:
+        self._stub = inventory_pb2_grpc.InventoryServiceStub(lanes.forward)
+        self._undo = inventory_pb2_grpc.InventoryServiceStub(lanes.compensations)
         self._timeout_s = timeout_s
 
     def reserve(self, order_id: str, lines: Sequence[Line]) -> Reservation:
@@ -115,7 +144,7 @@ class GrpcInventory:
 
     def release(self, reservation_id: str) -> Reservation:
         request = inventory_pb2.ReleaseRequest(reservation_id=reservation_id)
-        return _reservation(_call(self._stub.Release, request, self._timeout_s))
+        return _reservation(_call(self._undo.Release, request, self._timeout_s))
 
 
 #: Enum numbers to the ports' state names (RESERVED, ...), worked out once, not per reply.
@@ -134,10 +163,11 @@ def _reservation(reply: inventory_pb2.Reservation) -> Reservation:
 
 
 class GrpcPayments:
-    """PaymentService as the saga sees it."""
+    """PaymentService as the saga sees it; VoidCharge and Refund go by the compensations lane."""
 
-    def __init__(self, channel: grpc.Channel, timeout_s: float) -> None:
-        self._stub = payment_pb2_grpc.PaymentServiceStub(channel)
+    def __init__(self, lanes: Lanes, timeout_s: float) -> None:
+        self._stub = payment_pb2_grpc.PaymentServiceStub(lanes.forward)
+        self._undo = payment_pb2_grpc.PaymentServiceStub(lanes.compensations)
         self._timeout_s = timeout_s
 
     def charge(self, *, order_id: str, customer_id: str, amount: Money, request_id: str) -> Payment:
@@ -155,11 +185,11 @@ class GrpcPayments:
         request = payment_pb2.VoidChargeRequest(
             charge_request_id=charge_request_id, order_id=order_id
         )
-        return _payment(_call(self._stub.VoidCharge, request, self._timeout_s))
+        return _payment(_call(self._undo.VoidCharge, request, self._timeout_s))
 
     def refund(self, *, payment_id: str, request_id: str) -> Payment:
         request = payment_pb2.RefundRequest(payment_id=payment_id, request_id=request_id)
-        return _payment(_call(self._stub.Refund, request, self._timeout_s))
+        return _payment(_call(self._undo.Refund, request, self._timeout_s))
 
 
 _PAYMENT_STATES = {

@@ -5,19 +5,24 @@ An order row names the *next* action to take (its ``step``). A step's call ends 
 the order where it is: a compensation that could not reach its service is retried later by
 the recovery loop, which resumes an order at its saved step after a crash at any point.
 
-    step         call                           OK         DECLINED  REJECTED  INVALID  UNKNOWN
-    RESERVE      Reserve(order_id, lines)       CHARGE     FAILED    FAILED    FAILED   RELEASE
-    CHARGE       Charge("charge-"+order_id)     COMMIT     RELEASE   RELEASE   -        VOID_CHARGE
-    COMMIT       Commit; if it fails, Release   CONFIRMED  REFUND    -         -        -
-    VOID_CHARGE  VoidCharge("charge-"+order_id) RELEASE    -         -         -        -
-    RELEASE      Release (Reserve to learn id)  FAILED     -         -         -        -
-    REFUND       Refund("refund-"+order_id)     FAILED     -         -         -        -
+    step         call                     OK        DECLINED REJECTED INVALID NOT_SENT UNKNOWN
+    RESERVE      Reserve(order_id,lines)  CHARGE    FAILED   FAILED   FAILED  FAILED   RELEASE
+    CHARGE       Charge("charge-"+id)     COMMIT    RELEASE  RELEASE  -       RELEASE  VOID_CHARGE
+    COMMIT       Commit, else Release     CONFIRMED REFUND   -        -       -        -
+    VOID_CHARGE  VoidCharge("charge-"+id) RELEASE   -        -        -       -        -
+    RELEASE      Release (Reserve for id) FAILED    -        -        -       -        -
+    REFUND       Refund("refund-"+id)     FAILED    -        -        -       -        -
 
     (- = stay at the step.) DECLINED is a business "no": out of stock, payment declined,
     or for COMMIT "the stock went back instead". INVALID is Reserve refusing the lines
     themselves (an unknown SKU; only Reserve reports it): the order FAILED, or, in the request
     that created it, is discarded so the request answers INVALID_ARGUMENT and its request_id
-    stays free.
+    stays free. NOT_SENT is a call the resilience library refused before any attempt left
+    (breaker open, bulkhead full, deadline spent): certainly not done, so only what was done
+    is undone (a Charge never sent needs no VoidCharge), and a forward step the order needs,
+    Commit, waits for a later run. Only the run of the request that created the order reports
+    NOT_SENT for RESERVE: any later run may follow one that sent a Reserve, so for it a
+    Reserve never sent is as UNKNOWN as the one before.
 
 Every position is saved before its step runs, but CHARGE (:data:`UNSAVED_STEPS`); on the
 happy path that is three writes, each needed for the saga to survive a crash:
@@ -159,6 +164,7 @@ class Outcome(enum.StrEnum):
     DECLINED = "DECLINED"  # a business "no": out of stock, payment declined, stock not committed
     REJECTED = "REJECTED"  # a definite error: the call did nothing
     INVALID = "INVALID"  # the request itself is wrong (an unknown SKU): the call did nothing
+    NOT_SENT = "NOT_SENT"  # refused before it left this process: the call did nothing
     UNKNOWN = "UNKNOWN"  # no answer: it may or may not have happened
 
 
@@ -168,11 +174,13 @@ TRANSITIONS: Mapping[tuple[Step, Outcome], Step | Status] = {
     (Step.RESERVE, Outcome.DECLINED): Status.FAILED,
     (Step.RESERVE, Outcome.REJECTED): Status.FAILED,
     (Step.RESERVE, Outcome.INVALID): Status.FAILED,
+    (Step.RESERVE, Outcome.NOT_SENT): Status.FAILED,
     # The reservation may exist: find it (Reserve is idempotent by order_id) and release it.
     (Step.RESERVE, Outcome.UNKNOWN): Step.RELEASE,
     (Step.CHARGE, Outcome.OK): Step.COMMIT,
     (Step.CHARGE, Outcome.DECLINED): Step.RELEASE,
     (Step.CHARGE, Outcome.REJECTED): Step.RELEASE,
+    (Step.CHARGE, Outcome.NOT_SENT): Step.RELEASE,
     # The charge may have been captured, or may still arrive: void it before releasing stock.
     (Step.CHARGE, Outcome.UNKNOWN): Step.VOID_CHARGE,
     (Step.COMMIT, Outcome.OK): Status.CONFIRMED,
@@ -234,6 +242,7 @@ _FAILURE_KINDS = sorted(FAILURE_REASONS, key=len, reverse=True)
 #: Why a step that could not move its order left it PENDING (the outcomes that can).
 _STUCK_REASONS: Mapping[Outcome, Reason] = {
     Outcome.UNKNOWN: Reason.DEPENDENCY_UNAVAILABLE,
+    Outcome.NOT_SENT: Reason.DEPENDENCY_UNAVAILABLE,
     Outcome.REJECTED: Reason.DEPENDENCY_REJECTED,
 }
 

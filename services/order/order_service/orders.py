@@ -99,7 +99,7 @@ class Orders:
             # Redis had lost the claim, and SQLite knows an order for this request_id.
             self._claims.withdraw(request.request_id, claim)
             return None
-        run = self._saga.run(order, lease, discard_if_invalid=True)
+        run = self._saga.run(order, lease, creating=True)
         self._on_outcome(run.order.status, run.reason)
         if run.invalid:
             # Inventory refused the lines (an unknown SKU) and the saga deleted the order:

@@ -18,7 +18,9 @@ class RemoteError(Exception):
     """A call to another service failed with a gRPC status.
 
     ``definite`` is True when the callee has certainly done nothing; otherwise the call
-    may have taken effect, and the saga treats its outcome as unknown.
+    may have taken effect, and the saga treats its outcome as unknown. ``sent`` is False
+    when the call never left this process (the resilience library refused it), which is
+    definite too, and says more: the callee never even saw it.
     """
 
     def __init__(
@@ -28,12 +30,14 @@ class RemoteError(Exception):
         violations: tuple[FieldViolation, ...] = (),
         *,
         definite: bool,
+        sent: bool = True,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.violations = violations
-        self.definite = definite
+        self.definite = definite or not sent
+        self.sent = sent
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

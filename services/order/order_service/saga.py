@@ -51,21 +51,23 @@ class Saga:
             Step.REFUND: self._refund,
         }
 
-    def run(self, order: Order, lease: Lease, *, discard_if_invalid: bool = False) -> Run:
+    def run(self, order: Order, lease: Lease, *, creating: bool = False) -> Run:
         """Runs steps while the order moves; ends with it CONFIRMED, FAILED or still PENDING.
 
         It stays PENDING when a step cannot make progress now (a compensation could not
         reach its service) or the lease was lost; the recovery loop picks it up later.
-        ``discard_if_invalid`` is for the request that created the order: when inventory
-        refuses its lines, the order is deleted instead of saved FAILED, so that request (and
-        its duplicates, which find no order) can answer INVALID_ARGUMENT. Recovery keeps the
-        FAILED order: its id may have been seen.
+        ``creating`` is for the request that created the order, the one run that knows no
+        Reserve of it was sent before: a Reserve the resilience library refused then fails the
+        order at once (any later run must find and release what an earlier one may hold). And
+        when inventory refuses its lines, the order is deleted instead of saved FAILED, so
+        that request (and its duplicates, which find no order) can answer INVALID_ARGUMENT.
+        Recovery keeps the FAILED order: its id may have been seen.
         """
         # Every line logged while it runs, the saga's and the libraries', names the order.
         with logs.context(order_id=order.order_id):
-            return self._run(order, lease, discard_if_invalid=discard_if_invalid)
+            return self._run(order, lease, creating=creating)
 
-    def _run(self, order: Order, lease: Lease, *, discard_if_invalid: bool) -> Run:
+    def _run(self, order: Order, lease: Lease, *, creating: bool) -> Run:
         result: StepResult | None = None
         while order.status is Status.PENDING:
             if not lease.keep():
@@ -74,9 +76,12 @@ class Saga:
             step = order.step
             with tracing.span(_SPAN_NAMES[step], {"order.id": order.order_id}) as span:
                 result = self._steps[step](order)
+                if result.outcome is Outcome.NOT_SENT and step is Step.RESERVE and not creating:
+                    # An earlier run may have sent a Reserve: what it did is unknown.
+                    result = replace(result, outcome=Outcome.UNKNOWN)
                 span.set_attribute("saga.outcome", result.outcome.value)
             moved = domain.advance(order, result)
-            if discard_if_invalid and result.outcome is Outcome.INVALID:
+            if creating and result.outcome is Outcome.INVALID:
                 self._store.delete(order.order_id)
                 return Run(moved, domain.ending(moved), result.violations)
             if moved != order:  # also keeps ids a stuck step learnt, e.g. a reservation_id
@@ -150,6 +155,8 @@ class Saga:
         try:
             self._inventory.commit(order.reservation_id)
         except RemoteError as error:
+            if not error.sent:  # nothing happened: try the Commit again later, not a Release
+                return StepResult(outcome=Outcome.NOT_SENT, reason=str(error))
             _log.warning("%s: commit failed (%s); releasing instead", order.order_id, error)
         else:
             return StepResult(outcome=Outcome.OK)
@@ -159,7 +166,7 @@ class Saga:
         except RemoteError as error:
             if error.code == "FAILED_PRECONDITION":  # "already committed": the commit did happen
                 return StepResult(outcome=Outcome.OK)
-            return StepResult(outcome=Outcome.UNKNOWN, reason=str(error))
+            return StepResult(outcome=error_outcome(error), reason=str(error))
         if reservation.state == "COMMITTED":
             return StepResult(outcome=Outcome.OK)
         return StepResult(outcome=Outcome.DECLINED, reason=domain.INVENTORY_UNAVAILABLE_AT_COMMIT)
@@ -172,7 +179,7 @@ class Saga:
                 charge_request_id=order.charge_request_id, order_id=order.order_id
             )
         except RemoteError as error:
-            return StepResult(outcome=Outcome.UNKNOWN, reason=str(error))
+            return StepResult(outcome=error_outcome(error), reason=str(error))
         # The voided (or refunded) payment record stays linked, so GetPayment shows what happened.
         return StepResult(outcome=Outcome.OK, payment_id=payment.payment_id)
 
@@ -184,9 +191,9 @@ class Saga:
             try:
                 reservation_id = self._inventory.reserve(order.order_id, order.lines).reservation_id
             except RemoteError as error:
-                if error.definite:  # out of stock or invalid: nothing is held for this order
+                if error.sent and error.definite:  # out of stock or invalid: nothing is held
                     return StepResult(outcome=Outcome.OK)
-                return StepResult(outcome=Outcome.UNKNOWN, reason=str(error))
+                return StepResult(outcome=error_outcome(error), reason=str(error))
         try:
             self._inventory.release(reservation_id)
         except RemoteError as error:
@@ -201,11 +208,13 @@ class Saga:
         except RemoteError as error:
             if error.code == "FAILED_PRECONDITION":  # not captured: there is nothing to give back
                 return StepResult(outcome=Outcome.OK)
-            return StepResult(outcome=Outcome.UNKNOWN, reason=str(error))
+            return StepResult(outcome=error_outcome(error), reason=str(error))
         return StepResult(outcome=Outcome.OK)
 
 
 def error_outcome(error: RemoteError) -> Outcome:
+    if not error.sent:
+        return Outcome.NOT_SENT
     return Outcome.REJECTED if error.definite else Outcome.UNKNOWN
 
 
@@ -214,6 +223,8 @@ def _failed(outcome: Outcome, kind: str, detail: str) -> StepResult:
 
 
 def _error(error: RemoteError, *, rejected: str, unknown: str) -> StepResult:
+    if not error.sent:  # "unavailable", as the open breaker (or full bulkhead) says
+        return _failed(Outcome.NOT_SENT, unknown, error.message)
     if error.definite:
         return _failed(Outcome.REJECTED, rejected, f"{error.code}: {error.message}")
     return _failed(Outcome.UNKNOWN, unknown, error.code)

@@ -14,7 +14,7 @@ from meshkit.redis_client import connect
 from meshkit.server import RunningServer, ServerOptions, build_server, resilience_metrics
 from meshkit.sqlite import Database
 from order_service.claims import Claims
-from order_service.clients import GrpcInventory, GrpcPayments, open_channel
+from order_service.clients import GrpcInventory, GrpcPayments, open_lanes
 from order_service.config import Settings
 from order_service.leases import Leases
 from order_service.metrics import create_duration_interceptor, saga_outcomes
@@ -66,14 +66,14 @@ def build_app(settings: Settings) -> OrderApp:
     client = connect(settings.redis_url)
     listeners = [resilience_metrics()]
     credentials = None if settings.tls is None else settings.tls.channel_credentials()
-    inventory_channel = open_channel(
+    inventory = open_lanes(
         settings.inventory_target,
         target="inventory",
         policy=settings.policy,
         credentials=credentials,
         listeners=listeners,
     )
-    payment_channel = open_channel(
+    payment = open_lanes(
         settings.payment_target,
         target="payment",
         policy=settings.policy,
@@ -85,15 +85,15 @@ def build_app(settings: Settings) -> OrderApp:
     leases = Leases(client, settings.lock_lease_ms)
     saga = Saga(
         store,
-        GrpcInventory(inventory_channel, settings.call_timeout_s),
-        GrpcPayments(payment_channel, settings.call_timeout_s),
+        GrpcInventory(inventory, settings.call_timeout_s),
+        GrpcPayments(payment, settings.call_timeout_s),
     )
     outcomes = saga_outcomes()
     return OrderApp(
         settings=settings,
         db=db,
         redis=client,
-        channels=(inventory_channel, payment_channel),
+        channels=(inventory.connection, payment.connection),
         store=store,
         claims=claims,
         leases=leases,
