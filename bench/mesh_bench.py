@@ -328,8 +328,8 @@ def _compare_tracing(env: dict[str, str], block_s: float, rounds: int) -> None:
     print(
         f"\nCreateOrder, tracing off vs on, {TRACING_IN_FLIGHT} in flight; {rounds} "
         f"alternating blocks of {block_s:.1f} s per variant, all three stacks running; spans "
-        "go to meshkit.trace_testing's OTLP/gRPC receiver (grpcio; decodes and keeps every "
-        "span), one process per traced stack"
+        "go to bench._receiver's OTLP/gRPC receiver (grpcio; decodes each request and counts "
+        "its spans, keeps none), one process per traced stack"
     )
     print(f"stack settings: {' '.join(f'{k}={v}' for k, v in sorted(env.items()))}\n")
     print(
