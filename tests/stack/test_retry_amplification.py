@@ -3,7 +3,7 @@
 The saga compensates (VoidCharge tombstone, stock released; a Charge the open breaker refused
 before it left needs no VoidCharge), and retries do not multiply
 across layers: the order service's resilience pipeline is the only layer that retries Charge
-(maxAttempts 3, a retry budget, a per-method breaker; order_service/resilience.yaml), Envoy
+(maxAttempts 5, a retry budget, a per-method breaker; order_service/resilience.yaml), Envoy
 retries nothing that reached payment, and grpcio has no retryPolicy.
 """
 
@@ -33,7 +33,7 @@ from ._probes import (
 pytestmark = pytest.mark.stack
 
 #: order_service/resilience.yaml: retryPolicy.maxAttempts of the default method config.
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 5
 SEQUENTIAL_ORDERS = 12
 OUTAGE_SKU = "SKU-0018"
 CHARGE_METHOD = "/mesh.payment.v1.PaymentService/Charge"
