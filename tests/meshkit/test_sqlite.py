@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
+
 from meshkit.sqlite import PAGE_CACHE_KIB, Database
 
 
@@ -27,3 +29,40 @@ def test_each_threads_connection_has_the_same_pragmas(tmp_path: Path) -> None:
 
     # synchronous 1 is NORMAL; a negative cache_size is in KiB.
     assert seen == [("wal", 1, 1, -PAGE_CACHE_KIB)] * 3
+
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY);"
+MIGRATIONS = (
+    "ALTER TABLE t ADD COLUMN a TEXT NOT NULL DEFAULT 'x';",
+    """
+    ALTER TABLE t ADD COLUMN b INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX IF NOT EXISTS t_b ON t (b);
+    """,
+)
+
+
+def _columns(db: Database) -> list[str]:
+    return [row["name"] for row in db.read().execute("PRAGMA table_info(t)")]
+
+
+def test_migrations_bring_an_old_file_up_to_date_once_and_keep_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    first = Database(path, SCHEMA, MIGRATIONS[:1])  # a file made by an earlier release
+    with first.write() as conn:
+        conn.execute("INSERT INTO t (id, a) VALUES (1, 'kept')")
+    first.close()
+
+    db = Database(path, SCHEMA, MIGRATIONS)
+    assert _columns(db) == ["id", "a", "b"]
+    assert tuple(db.read().execute("SELECT id, a, b FROM t").fetchone()) == (1, "kept", 0)
+    assert db.read().execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+    # Every start-up opens it again: nothing is run twice.
+    assert _columns(Database(path, SCHEMA, MIGRATIONS)) == ["id", "a", "b"]
+
+
+def test_a_file_from_a_newer_release_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    Database(path, SCHEMA, MIGRATIONS).close()
+    with pytest.raises(RuntimeError, match="schema version 2; this release knows 1"):
+        Database(path, SCHEMA, MIGRATIONS[:1])

@@ -1,10 +1,11 @@
-"""SQLite in WAL mode, one connection per thread, explicit write transactions."""
+"""SQLite in WAL mode, one connection per thread, explicit write transactions, and numbered
+migrations for files an earlier version created."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,7 +27,7 @@ class Database:
     and concurrent writers queue on ``busy_timeout`` instead.
     """
 
-    def __init__(self, path: Path, schema: str) -> None:
+    def __init__(self, path: Path, schema: str, migrations: Sequence[str] = ()) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -38,6 +39,33 @@ class Database:
         # executescript manages its own transaction; schemas use IF NOT EXISTS so every
         # process (payment v1 and v2 share a file) can run it at start-up.
         self._connect().executescript(schema)
+        self._migrate(migrations)
+
+    def _migrate(self, migrations: Sequence[str]) -> None:
+        """Brings the file up to ``len(migrations)``, running each script once, in order.
+
+        ``schema`` is the first version of the tables and ``migrations[i]`` takes a file from
+        version ``i`` to ``i + 1`` (PRAGMA user_version records where a file is), so a file made
+        by an earlier release gets the same columns as a new one. Every script runs in one write
+        transaction with the version bump: processes starting together on one file queue on the
+        write lock, and the second finds the work done. Written here rather than taken from
+        alembic or yoyo: those bring SQLAlchemy or a migrations directory per service for what
+        is a list of ALTER TABLE statements.
+        """
+        if not migrations:
+            return
+        with self.write() as conn:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > len(migrations):
+                raise RuntimeError(
+                    f"{self.path} is at schema version {version}; this release knows"
+                    f" {len(migrations)}: it was written by a newer one"
+                )
+            for number in range(version, len(migrations)):
+                for statement in _statements(migrations[number]):
+                    conn.execute(statement)
+            # PRAGMA takes no parameters; the number is ours.
+            conn.execute(f"PRAGMA user_version = {len(migrations)}")
 
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -86,3 +114,17 @@ class Database:
     def ping(self) -> None:
         """Health check: the file is reachable and answers a query."""
         self._connect().execute("SELECT 1").fetchone()
+
+
+def _statements(script: str) -> list[str]:
+    """A migration's statements, one by one: executescript would commit the open transaction."""
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"incomplete SQL statement in a migration: {pending.strip()!r}")
+    return statements
