@@ -16,7 +16,7 @@ def client(redis_url: str) -> redis.Redis:
 
 
 def test_a_claim_is_won_once_and_withdrawn_only_by_its_owner(client: redis.Redis) -> None:
-    claims, leases = Claims(client), Leases(client, lease_ms=10_000)
+    claims, leases = Claims(client), Leases(client, lease_ms=10_000, keep_alive=False)
     mine, theirs = Claim("ord_a", "f1"), Claim("ord_b", "f2")
     assert claims.claim("req-1", mine, leases.lease(mine.order_id)) is None
     assert claims.claim("req-1", theirs, leases.lease(theirs.order_id)) == mine
@@ -32,7 +32,7 @@ def test_winning_a_claim_takes_the_new_orders_lease_and_losing_it_takes_nothing(
 ) -> None:
     now = [100.0]
     claims = Claims(client)
-    leases = Leases(client, lease_ms=10_000, monotonic=lambda: now[0])
+    leases = Leases(client, lease_ms=10_000, monotonic=lambda: now[0], keep_alive=False)
     mine, theirs = leases.lease("ord_a"), leases.lease("ord_b")
     assert claims.claim("req-1", Claim("ord_a", "f1"), mine) is None
     assert client.get(mine.key) == mine.token
@@ -48,7 +48,7 @@ def test_winning_a_claim_takes_the_new_orders_lease_and_losing_it_takes_nothing(
 
 
 def test_a_claim_never_takes_a_lease_someone_holds(client: redis.Redis) -> None:
-    claims, leases = Claims(client), Leases(client, lease_ms=10_000)
+    claims, leases = Claims(client), Leases(client, lease_ms=10_000, keep_alive=False)
     held = leases.lease("ord_a")
     assert held.acquire()
     with pytest.raises(redis.ResponseError, match="already held"):

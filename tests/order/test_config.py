@@ -53,7 +53,9 @@ def test_overrides(tmp_path: Path) -> None:
         ({"ORDER_RECOVERY_INTERVAL_S": "soon"}, "ORDER_RECOVERY_INTERVAL_S"),
         ({"REDIS_URL": "http://x"}, "REDIS_URL"),
         ({"PAYMENT_TARGET": "nowhere"}, "PAYMENT_TARGET"),
-        ({"ORDER_LOCK_LEASE_MS": "2000"}, "ORDER_LOCK_LEASE_MS"),
+        ({"ORDER_LEASE_MS": "500"}, "ORDER_LEASE_MS"),
+        ({"ORDER_RECOVERY_WORKERS": "0"}, "ORDER_RECOVERY_WORKERS"),
+        ({"ORDER_ATTENTION_RUNS": "0"}, "ORDER_ATTENTION_RUNS"),
         ({"MESH_MTLS": "maybe"}, "MESH_MTLS"),
     ],
 )

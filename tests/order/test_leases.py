@@ -6,6 +6,7 @@ import pytest
 import redis
 
 from meshkit.redis_client import connect
+from meshkit.testing import wait_until
 from order_service.leases import Leases
 
 
@@ -17,7 +18,7 @@ def client(redis_url: str) -> redis.Redis:
 def test_a_lease_is_exclusive_and_only_its_holder_extends_or_releases_it(
     client: redis.Redis,
 ) -> None:
-    leases = Leases(client, lease_ms=10_000)
+    leases = Leases(client, lease_ms=10_000, keep_alive=False)
     first, second = leases.lease("ord_1"), leases.lease("ord_1")
     assert first.acquire()
     assert not second.acquire()
@@ -34,7 +35,7 @@ def test_a_lease_is_exclusive_and_only_its_holder_extends_or_releases_it(
 def test_an_expired_lease_cannot_be_extended_or_released_over_its_successor(
     client: redis.Redis,
 ) -> None:
-    leases = Leases(client, lease_ms=10_000)
+    leases = Leases(client, lease_ms=10_000, keep_alive=False)
     stale, successor = leases.lease("ord_1"), leases.lease("ord_1")
     assert stale.acquire()
     client.delete(stale.key)  # what expiry does
@@ -48,7 +49,9 @@ def test_keep_trusts_a_fresh_confirmation_and_asks_redis_once_it_is_old(
     client: redis.Redis,
 ) -> None:
     now = [100.0]
-    leases = Leases(client, lease_ms=10_000, recheck_s=1.0, monotonic=lambda: now[0])
+    leases = Leases(
+        client, lease_ms=10_000, recheck_s=1.0, monotonic=lambda: now[0], keep_alive=False
+    )
     lease = leases.lease("ord_1")
     assert lease.acquire()
     client.pexpire(lease.key, 5_000)
@@ -68,5 +71,59 @@ def test_keep_trusts_a_fresh_confirmation_and_asks_redis_once_it_is_old(
 
 
 def test_keep_never_trusts_longer_than_a_quarter_of_the_term(client: redis.Redis) -> None:
-    leases = Leases(client, lease_ms=1_000, recheck_s=5.0)
+    leases = Leases(client, lease_ms=1_000, recheck_s=5.0, keep_alive=False)
     assert leases.recheck_s == 0.25
+
+
+def test_the_keep_alive_renews_held_leases_once_old_and_lets_go_of_the_rest(
+    client: redis.Redis,
+) -> None:
+    now = [100.0]
+    leases = Leases(client, lease_ms=2_000, monotonic=lambda: now[0], keep_alive=False)
+    running, finished, released = (leases.lease(f"ord_{n}") for n in range(3))
+    for lease in (running, finished, released):
+        assert lease.acquire()
+        client.pexpire(lease.key, 600)
+    finished.forget()  # a finished order's lease: left to expire
+    released.release()
+
+    assert leases.renew_held() == 0  # all fresh
+    now[0] += leases.renew_after_s
+    assert leases.renew_held() == 1  # one pipelined round trip for every held lease
+
+    assert client.pttl(running.key) > 1_000
+    assert client.pttl(finished.key) <= 600
+    assert not client.exists(released.key)
+    assert leases.holding() == 1
+    assert running.keep()  # just renewed: trusted without a round trip
+
+
+def test_a_lease_lost_under_the_keep_alive_is_dropped_and_never_trusted_again(
+    client: redis.Redis,
+) -> None:
+    now = [100.0]
+    leases = Leases(client, lease_ms=2_000, monotonic=lambda: now[0], keep_alive=False)
+    lease = leases.lease("ord_1")
+    assert lease.acquire()
+    client.set(lease.key, b"someone else")  # it expired and another runner took it
+
+    now[0] += leases.renew_after_s
+    assert leases.renew_held() == 0
+    assert leases.holding() == 0
+    assert not lease.keep()
+    assert client.get(lease.key) == b"someone else"
+
+
+def test_a_saga_keeps_its_lease_past_its_term_while_it_runs(client: redis.Redis) -> None:
+    leases = Leases(client, lease_ms=1_000)  # the real keep-alive thread
+    try:
+        lease = leases.lease("ord_1")
+        assert lease.acquire()
+        client.pexpire(lease.key, 300)  # as if most of the term had gone by in one long step
+        wait_until(
+            lambda: client.pttl(lease.key) > 500, timeout_s=5, what="the keep-alive's renewal"
+        )
+        lease.release()
+        assert leases.holding() == 0
+    finally:
+        leases.close()

@@ -19,10 +19,11 @@ from meshkit.ids import new_id
 from meshkit.limits import ERROR_TRAILER_BUDGET_BYTES, MAX_FIELD_VIOLATIONS
 from meshkit.paging import INT64_MAX, _filter_digest
 from order_service.claims import Claim
-from order_service.domain import validate_create
+from order_service.domain import new_order, validate_create
 from order_service.leases import lease_key
 from order_service.server import OrderApp
 from order_service.servicer import ANSWER_MARGIN_S, wait_budget
+from order_service.store import Stuck
 
 from .conftest import SEED_STOCK, Inventory, Order, Payments, proto_lines, violations
 
@@ -62,7 +63,7 @@ def test_a_create_order_costs_the_order_service_one_redis_round_trip(
     # The order service's one script (claim + lease: get, set, set), and inventory's cache
     # bump after Reserve (exists, incr). The finished order's lease is left to expire.
     assert spent == {"evalsha": 2, "get": 1, "set": 2, "exists": 1, "incr": 1, "del": 0}
-    assert 0 < client.pttl(lease_key(placed.order_id)) <= order.settings.lock_lease_ms
+    assert 0 < client.pttl(lease_key(placed.order_id)) <= order.settings.lease_ms
 
 
 def test_concurrent_duplicates_run_one_saga_and_charge_once(
@@ -369,3 +370,50 @@ def test_a_duplicate_waits_for_what_is_left_of_the_captured_deadline() -> None:
         assert wait_budget(0.5) == 0.5
     with resilience.deadline_scope(ANSWER_MARGIN_S / 2):
         assert wait_budget(30.0) == 0.0
+
+
+def crashed_mid_saga(app: OrderApp, inventory: Inventory, request_id: str) -> str:
+    """What a runner killed inside Charge leaves: its claim, the order at RESERVE, the stock
+    reserved, and its lease, which nobody renews any more and runs out in 0.3 s."""
+    request = validate_create("cust-1", [("SKU-0011", 1)], request_id)
+    order_id = new_id("ord")
+    lease = app.leases.lease(order_id)
+    assert app.claims.claim(request_id, Claim(order_id, request.fingerprint), lease) is None
+    app.store.insert(new_order(order_id, request))
+    inventory.reserve(order_id, ("SKU-0011", 1))
+    lease.forget()  # the keep-alive died with its process
+    app.redis.pexpire(lease.key, 300)
+    return order_id
+
+
+def test_a_retry_finishes_the_order_of_a_runner_that_died_mid_saga(
+    order: Order, app: OrderApp, inventory: Inventory, payments: Payments
+) -> None:
+    order_id = crashed_mid_saga(app, inventory, "crash-1")
+
+    retried = order.create("cust-1", ("SKU-0011", 1), request_id="crash-1", timeout=10)
+
+    # It waited out the dead runner's lease, then ran the saga on from RESERVE itself.
+    assert (retried.order_id, retried.status) == (order_id, CONFIRMED)
+    assert inventory.available("SKU-0011") == SEED_STOCK - 1
+    assert payments.states(order_id) == ["CAPTURED"]
+    assert order.get(order_id) == retried
+
+
+def test_a_retry_of_an_order_that_needs_a_person_answers_at_once_saying_why(
+    order: Order, app: OrderApp, inventory: Inventory, payments: Payments
+) -> None:
+    order_id = crashed_mid_saga(app, inventory, "stuck-1")
+    app.redis.delete(lease_key(order_id))
+    reason = "RELEASE has failed 5 runs in a row (dependency_rejected)"
+    app.store.mark_stuck(order_id, Stuck(runs=5, retry_time_us=2**62, attention_reason=reason))
+
+    retried = order.create("cust-1", ("SKU-0011", 1), request_id="stuck-1", timeout=10)
+
+    # Recovery owns a stuck order's retries: the duplicate neither waits nor runs it.
+    assert retried.status == order_pb2.ORDER_STATUS_PENDING
+    assert retried.attention_reason == reason
+    assert order.get(order_id) == retried
+    listed = order.stub.ListOrders(order_pb2.ListOrdersRequest(customer_id="cust-1"), timeout=5)
+    assert [o.attention_reason for o in listed.orders if o.order_id == order_id] == [reason]
+    assert payments.states(order_id) == []

@@ -11,13 +11,15 @@ import pytest
 from meshkit.ids import new_id
 from meshkit.sqlite import Database
 from order_service.domain import Line, Money, NewOrder, Status, Step, new_order
-from order_service.store import SCHEMA, Cursor, DuplicateRequest, OrderStore
+from order_service.store import MIGRATIONS, SCHEMA, Cursor, DuplicateRequest, OrderStore, Stuck
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> OrderStore:
     ticks = itertools.count(1_000_000)
-    return OrderStore(Database(tmp_path / "order.db", SCHEMA), clock=lambda: next(ticks))
+    return OrderStore(
+        Database(tmp_path / "order.db", SCHEMA, MIGRATIONS), clock=lambda: next(ticks)
+    )
 
 
 def _new(request_id: str = "req-1", customer_id: str = "cust-1") -> NewOrder:
@@ -66,9 +68,67 @@ def test_pages_are_newest_first_and_filter_by_customer(store: OrderStore) -> Non
     assert [o.order_id for o in rest] == [ids[0]]
 
 
-def test_pending_lists_only_idle_pending_orders(store: OrderStore) -> None:
-    idle = store.insert(new_order(new_id("ord"), _new("r1")))
-    done = store.insert(new_order(new_id("ord"), _new("r2")))
-    store.save(replace(done, status=Status.FAILED, step=Step.DONE))
-    assert [o.order_id for o in store.pending(idle_for_us=0, limit=10)] == [idle.order_id]
-    assert store.pending(idle_for_us=10**9, limit=10) == []
+def test_due_pages_through_idle_pending_orders_past_their_retry_time(store: OrderStore) -> None:
+    orders = [store.insert(new_order(new_id("ord"), _new(f"r{i}"))) for i in range(5)]
+    done = store.save(replace(orders[1], status=Status.FAILED, step=Step.DONE))
+    store.mark_stuck(orders[3].order_id, Stuck(runs=1, retry_time_us=done.update_time_us + 50))
+    now = store.now_us()
+
+    def due(*, after: tuple[int, str] | None, retry_before_us: int | None = now) -> list[str]:
+        page = store.due(idle_since_us=now, retry_before_us=retry_before_us, limit=2, after=after)
+        return [o.order_id for o in page]
+
+    first = due(after=None)
+    assert first == [orders[0].order_id, orders[2].order_id]
+    last = store.get(first[-1])
+    assert last is not None
+    assert due(after=(last.update_time_us, last.order_id)) == [orders[4].order_id]
+    # The stuck one comes back at its retry time, or at once when retry times are ignored.
+    everything = store.due(idle_since_us=now, retry_before_us=None, limit=10, after=None)
+    assert [o.order_id for o in everything] == [o.order_id for o in orders if o != orders[1]]
+    assert store.due(idle_since_us=0, retry_before_us=now, limit=10, after=None) == []
+
+
+def test_next_due_is_the_first_idle_age_or_retry_time_still_ahead(store: OrderStore) -> None:
+    fresh = store.insert(new_order(new_id("ord"), _new("r1")))
+    stuck = store.insert(new_order(new_id("ord"), _new("r2")))
+    store.mark_stuck(stuck.order_id, Stuck(runs=1, retry_time_us=fresh.update_time_us + 10**9))
+    at = fresh.update_time_us
+    assert store.next_due_us(idle_for_us=1_000, after_us=at) == at + 1_000
+    # Past the fresh one's age: the stuck one's retry time is next.
+    assert store.next_due_us(idle_for_us=1_000, after_us=at + 1_000) == at + 10**9
+    assert store.next_due_us(idle_for_us=1_000, after_us=at + 10**9) is None
+
+
+def test_a_stuck_mark_is_kept_until_the_order_moves(store: OrderStore) -> None:
+    order = store.insert(new_order(new_id("ord"), _new()))
+    assert store.stuck(order.order_id) == Stuck()
+    flagged = Stuck(runs=5, retry_time_us=123, attention_reason="RELEASE has failed 5 runs")
+    assert store.mark_stuck(order.order_id, flagged)
+    assert store.stuck(order.order_id) == flagged
+    assert store.attention_reasons([order.order_id, "ord_x"]) == {
+        order.order_id: flagged.attention_reason
+    }
+    assert store.needing_attention() == 1
+    assert store.get(order.order_id) == order  # the order itself is as it was
+
+    done = store.save(replace(order, status=Status.FAILED, step=Step.DONE))
+    assert store.stuck(order.order_id) == Stuck()
+    assert store.needing_attention() == 0
+    assert not store.mark_stuck(order.order_id, flagged)  # a finished order is never marked
+    assert store.get(order.order_id) == done
+
+
+def test_a_database_from_before_the_stuck_columns_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "order.db"
+    old = OrderStore(Database(path, SCHEMA))  # as an earlier release created the file
+    order = old.insert(new_order(new_id("ord"), _new()))
+
+    store = OrderStore(Database(path, SCHEMA, MIGRATIONS))
+
+    assert store.get(order.order_id) == order
+    assert store.stuck(order.order_id) == Stuck()
+    assert store.mark_stuck(order.order_id, Stuck(runs=1, retry_time_us=1))
+    # Opening it again (every start-up does) changes nothing.
+    again = OrderStore(Database(path, SCHEMA, MIGRATIONS))
+    assert again.stuck(order.order_id) == Stuck(runs=1, retry_time_us=1)

@@ -13,6 +13,8 @@ from mesh.payment.v1 import payment_pb2
 from meshkit import settings
 from meshkit.settings import SettingsError
 from meshkit.tls import WorkloadTls, workload_tls
+from order_service import stuck
+from order_service.leases import DEFAULT_LEASE_MS
 
 #: Service-to-service calls go through Envoy's internal listener (as through a sidecar), so
 #: mTLS, RBAC and the payment canary apply to them.
@@ -52,19 +54,42 @@ RECOVERY_INTERVAL_S = settings.number(
     5.0,
     lo=0.01,
     hi=86_400,
-    doc="how often recovery looks for stuck PENDING orders",
+    doc="longest wait between recovery passes (sooner while orders are due); a stuck order's"
+    " first retry",
 )
 RECOVERY_AGE_S = settings.number(
-    "ORDER_RECOVERY_AGE_S", 5.0, lo=0, hi=86_400, doc="how idle a PENDING order must be"
+    "ORDER_RECOVERY_AGE_S",
+    2.0,
+    lo=0,
+    hi=86_400,
+    doc="how long a PENDING order must be idle before recovery takes it over",
 )
-#: Outlives a whole saga run (a few calls of ORDER_CALL_TIMEOUT_MS); the saga renews it when
-#: Redis last confirmed it over a second ago, so a runner that dies frees it within a lease.
-LOCK_LEASE_MS = settings.integer(
-    "ORDER_LOCK_LEASE_MS",
-    30_000,
+RECOVERY_WORKERS = settings.integer(
+    "ORDER_RECOVERY_WORKERS", 4, lo=1, hi=64, doc="orders a recovery pass drives at once"
+)
+RECOVERY_MAX_BACKOFF_S = settings.number(
+    "ORDER_RECOVERY_MAX_BACKOFF_S",
+    stuck.DEFAULT_MAX_RETRY_S,
+    lo=0.01,
+    hi=3_600,
+    doc="longest wait before a stuck order is retried (the wait doubles after each run)",
+)
+ATTENTION_RUNS = settings.integer(
+    "ORDER_ATTENTION_RUNS",
+    stuck.DEFAULT_ATTENTION_AFTER,
+    lo=1,
+    hi=10_000,
+    doc="saga runs in a row that leave an order at one step before it needs a person",
+)
+#: Short, so a crashed runner's orders are free again within seconds; the keep-alive renews
+#: the leases of sagas still running, however long a step takes.
+LEASE_MS = settings.integer(
+    "ORDER_LEASE_MS",
+    DEFAULT_LEASE_MS,
     lo=1_000,
     hi=600_000,
-    doc="lease of the per-order saga lock (a crashed runner's orders wait this long)",
+    doc="term of a per-order saga lease, renewed while its saga runs (a crashed runner's"
+    " orders wait at most this long)",
 )
 DUPLICATE_WAIT_S = settings.number(
     "ORDER_DUPLICATE_WAIT_S",
@@ -91,7 +116,10 @@ class Settings:
     call_timeout_ms: int = CALL_TIMEOUT_MS.field()
     recovery_interval_s: float = RECOVERY_INTERVAL_S.field()
     recovery_age_s: float = RECOVERY_AGE_S.field()
-    lock_lease_ms: int = LOCK_LEASE_MS.field()
+    recovery_workers: int = RECOVERY_WORKERS.field()
+    recovery_max_backoff_s: float = RECOVERY_MAX_BACKOFF_S.field()
+    attention_runs: int = ATTENTION_RUNS.field()
+    lease_ms: int = LEASE_MS.field()
     duplicate_wait_s: float = DUPLICATE_WAIT_S.field()
     max_workers: int = MAX_WORKERS.field()
     #: mTLS as spiffe://mesh.local/order: serving, and calling Envoy's internal listener.
@@ -101,13 +129,15 @@ class Settings:
 
     def __post_init__(self) -> None:
         settings.check_fields(self)
-        # The lease must outlive one step (a call plus its compensation) or a second runner
-        # could take the order over while the first is still waiting on a reply.
-        if self.lock_lease_ms < 4 * self.call_timeout_ms:
-            raise SettingsError(
-                f"ORDER_LOCK_LEASE_MS={self.lock_lease_ms}: must be >= 4 x ORDER_CALL_TIMEOUT_MS "
-                f"({self.call_timeout_ms})"
-            )
+
+    @property
+    def retry_policy(self) -> stuck.RetryPolicy:
+        """When recovery retries a stuck order, and when it needs a person."""
+        return stuck.RetryPolicy(
+            first_retry_s=min(self.recovery_interval_s, self.recovery_max_backoff_s),
+            max_retry_s=self.recovery_max_backoff_s,
+            attention_after=self.attention_runs,
+        )
 
     @property
     def call_timeout_s(self) -> float:

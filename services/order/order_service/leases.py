@@ -1,9 +1,17 @@
-"""Per-order saga leases in Redis: one runner at a time drives an order (after redis-py's Lock)."""
+"""Per-order saga leases in Redis: one runner at a time drives an order (after redis-py's Lock).
+
+A lease's term is short (a few seconds), so the orders of a runner that dies are free again
+soon; one keep-alive thread per process renews every lease the process holds, in one pipelined
+round trip, so a saga waiting on a slow call keeps its order however long the call takes.
+python-redis-lock's auto_renewal does the same with a thread per lock, which a service holding
+a lease per request in flight cannot afford.
+"""
 
 from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 
@@ -33,6 +41,7 @@ return 0
 
 #: Lease.keep() trusts a confirmation this recent without asking Redis again.
 LEASE_RECHECK_S = 1.0
+DEFAULT_LEASE_MS = 3_000
 
 
 def lease_key(order_id: str) -> str:
@@ -58,7 +67,8 @@ class Lease:
         leases = self._leases
         asked_at = leases.monotonic()
         taken = bool(leases.redis.set(self.key, self.token, nx=True, px=leases.lease_ms))
-        self._confirmed_at = asked_at if taken else None
+        if taken:
+            self.taken(asked_at)
         return taken
 
     def now(self) -> float:
@@ -66,8 +76,20 @@ class Lease:
         return self._leases.monotonic()
 
     def taken(self, asked_at: float) -> None:
-        """Records that a script asked at ``asked_at`` took the lease as acquire() would."""
+        """Records that a script asked at ``asked_at`` took the lease as acquire() would; from
+        now on the keep-alive renews it until it is released or forgotten."""
         self._confirmed_at = asked_at
+        self._leases.hold(self)
+
+    @property
+    def confirmed_at(self) -> float | None:
+        return self._confirmed_at
+
+    def renewed(self, asked_at: float, extended: bool) -> None:
+        """Records a renewal asked at ``asked_at``: confirmed, or lost for good."""
+        self._confirmed_at = asked_at if extended else None
+        if not extended:
+            self._leases.drop(self)
 
     @property
     def lease_ms(self) -> int:
@@ -83,8 +105,9 @@ class Lease:
             )
         except redis.RedisError as error:
             _log.warning("could not extend %s: %s", self.key, error)
-            extended = False
-        self._confirmed_at = asked_at if extended else None
+            self._confirmed_at = None  # unknown: keep() asks again, the keep-alive goes on
+            return False
+        self.renewed(asked_at, extended)
         return extended
 
     def keep(self) -> bool:
@@ -92,10 +115,10 @@ class Lease:
 
         A saga runs its steps within milliseconds, and renewing before every step would cost
         a Redis round trip per step (a quarter of the order service's time under load). Within
-        ``recheck_s`` of the last confirmation the lease is certainly ours (it lasts
-        ``lease_ms``, far longer, and only our token can delete it), and a lease lost with
-        Redis's data goes unnoticed for at most ``recheck_s``, well below the idle age the
-        recovery loop waits before it takes an order over.
+        ``recheck_s`` of the last confirmation (by acquire, the keep-alive or keep itself) the
+        lease is certainly ours (it lasts ``lease_ms``, four times longer, and only our token
+        can delete it), and a lease lost with Redis's data goes unnoticed for at most
+        ``recheck_s``.
         """
         confirmed_at = self._confirmed_at
         if confirmed_at is not None and (
@@ -105,22 +128,29 @@ class Lease:
         return self.extend()
 
     def release(self) -> None:
+        self._leases.drop(self)
         try:
             self._leases.delete_script(keys=[self.key], args=[self.token])
         except redis.RedisError as error:  # it expires on its own
             _log.warning("could not release %s: %s", self.key, error)
 
+    def forget(self) -> None:
+        """Stops renewing the lease and leaves it to expire within its term (no round trip):
+        for a finished order, whose lease guards nothing any more."""
+        self._leases.drop(self)
+
 
 class Leases:
-    """Makes per-order leases; one Redis, one lease term."""
+    """Makes per-order leases; one Redis, one lease term, one keep-alive for those held."""
 
     def __init__(
         self,
         client: redis.Redis,
-        lease_ms: int,
+        lease_ms: int = DEFAULT_LEASE_MS,
         *,
         recheck_s: float = LEASE_RECHECK_S,
         monotonic: Callable[[], float] = time.monotonic,
+        keep_alive: bool = True,
     ) -> None:
         if recheck_s < 0:
             raise ValueError(f"recheck_s must be >= 0, got {recheck_s}")
@@ -128,9 +158,18 @@ class Leases:
         self.lease_ms = lease_ms
         # Never trust a confirmation for more than a quarter of the lease's term.
         self.recheck_s = min(recheck_s, lease_ms / 4000)
+        #: Held leases are renewed once their confirmation is this old: twice per recheck_s,
+        #: so keep() finds them fresh and Redis's copy never falls below 3/4 of the term.
+        self.renew_after_s = self.recheck_s / 2
         self.monotonic = monotonic
         self.extend_script = client.register_script(COMPARE_AND_EXTEND)
         self.delete_script = client.register_script(COMPARE_AND_DELETE)
+        self._keep_alive = keep_alive
+        self._held: set[Lease] = set()
+        self._held_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._keeper: threading.Thread | None = None
+        self._failing = False
 
     def lease(self, order_id: str) -> Lease:
         return Lease(self, order_id)
@@ -138,3 +177,67 @@ class Leases:
     def held(self, order_id: str) -> bool:
         """Whether some runner is driving this order's saga right now."""
         return bool(self.redis.exists(lease_key(order_id)))
+
+    def hold(self, lease: Lease) -> None:
+        """Puts a lease just taken under the keep-alive (started with the first one)."""
+        with self._held_lock:
+            self._held.add(lease)
+            if self._keep_alive and self._keeper is None and not self._closed.is_set():
+                self._keeper = threading.Thread(
+                    target=self._keep, name="order-lease-keepalive", daemon=True
+                )
+                self._keeper.start()
+
+    def drop(self, lease: Lease) -> None:
+        with self._held_lock:
+            self._held.discard(lease)
+
+    def holding(self) -> int:
+        """How many leases this process holds and renews."""
+        with self._held_lock:
+            return len(self._held)
+
+    def renew_held(self) -> int:
+        """Renews every held lease whose confirmation is older than ``renew_after_s``, in one
+        pipelined round trip; returns how many it renewed. Raises redis errors."""
+        asked_at = self.monotonic()
+        with self._held_lock:
+            due = [
+                lease
+                for lease in self._held
+                if lease.confirmed_at is None or asked_at - lease.confirmed_at >= self.renew_after_s
+            ]
+        if not due:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for lease in due:
+            self.extend_script(keys=[lease.key], args=[lease.token, self.lease_ms], client=pipe)
+        renewed = 0
+        for lease, extended in zip(due, pipe.execute(), strict=True):
+            if extended:
+                renewed += 1
+            elif self._is_held(lease):  # not one released while the renewal was on its way
+                _log.warning("lease %s was lost before its saga let it go", lease.key)
+            lease.renewed(asked_at, bool(extended))
+        return renewed
+
+    def _is_held(self, lease: Lease) -> bool:
+        with self._held_lock:
+            return lease in self._held
+
+    def _keep(self) -> None:
+        while not self._closed.wait(self.renew_after_s):
+            try:
+                self.renew_held()
+            except redis.RedisError as error:
+                if not self._failing:  # one line per outage, not one per tick
+                    _log.warning("could not renew saga leases: %s", error)
+                self._failing = True
+            else:
+                self._failing = False
+
+    def close(self) -> None:
+        """Stops the keep-alive; leases still held expire within their term."""
+        self._closed.set()
+        if self._keeper is not None:
+            self._keeper.join(timeout=5)

@@ -15,3 +15,7 @@ SAGA_OUTCOMES = "order_saga_outcomes_total"
 #: CreateOrder's handling time; the last call in each bucket whose trace was sampled is
 #: its exemplar (``trace_id``). No labels.
 CREATE_DURATION = "order_create_duration_seconds"
+#: PENDING orders flagged as needing a person: a step has failed ORDER_ATTENTION_RUNS runs in a
+#: row (GetOrder's attention_reason says which and why). Counted from the order database after
+#: each recovery pass, so every replica sharing it reports the same number. No labels.
+NEEDS_ATTENTION = "order_needs_attention"

@@ -1,4 +1,5 @@
-"""The order service's own metrics: how sagas end, and CreateOrder's latency with exemplars.
+"""The order service's own metrics: how sagas end, CreateOrder's latency with exemplars, and the
+orders that need a person.
 
 CreateOrder answers OK whether its saga CONFIRMED the order or FAILED it, so the gRPC codes
 say nothing of a payment service that declines nothing but is down: :class:`SagaOutcomes`
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from meshkit.method_metrics import MethodDurationInterceptor
 from order_service import metric_names as m
@@ -66,6 +67,7 @@ def create_duration(registry: CollectorRegistry | None = REGISTRY) -> Histogram:
 
 _outcomes: SagaOutcomes | None = None
 _duration: Histogram | None = None
+_attention: Gauge | None = None
 _lock = threading.Lock()
 
 
@@ -85,3 +87,14 @@ def create_duration_interceptor(method: str) -> MethodDurationInterceptor:
         if _duration is None:
             _duration = create_duration()
         return MethodDurationInterceptor(method, _duration)
+
+
+def needs_attention() -> Gauge:
+    """The process-wide gauge of PENDING orders flagged for a person (set by recovery)."""
+    global _attention
+    with _lock:
+        if _attention is None:
+            _attention = Gauge(
+                m.NEEDS_ATTENTION, "PENDING orders whose saga needs a person to look at it"
+            )
+        return _attention

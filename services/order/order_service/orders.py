@@ -6,6 +6,8 @@ Timeline of one request_id, across threads and replicas::
                 -> answer (the lease is released only if the order is still PENDING)
     duplicate:  finds the row (or the claim) -> same fingerprint? -> waits for the first to finish
                 (bounded by its own deadline) -> answers the same order; else ALREADY_EXISTS
+    orphan:     a duplicate finds the order PENDING, its lease free and no stuck run on record:
+                its runner died mid-saga, so the duplicate takes the lease and finishes it
 
 The claim is withdrawn when inventory rejects the lines (nothing is left behind) and when
 SQLite's UNIQUE(request_id) already holds an order for the request, which catches what a Redis
@@ -30,8 +32,9 @@ from order_service import domain
 from order_service.claims import Claim, Claims
 from order_service.domain import NewOrder, Order, Reason, Status
 from order_service.leases import Lease, Leases
-from order_service.saga import Saga
+from order_service.saga import Run, Saga
 from order_service.store import Cursor, DuplicateRequest, OrderStore
+from order_service.stuck import StuckOrders
 
 _log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ class Orders:
         claims: Claims,
         leases: Leases,
         saga: Saga,
+        stuck: StuckOrders,
         *,
         on_outcome: Callable[[Status, Reason], None] = lambda status, reason: None,
         monotonic: Callable[[], float] = time.monotonic,
@@ -55,6 +59,7 @@ class Orders:
         self._claims = claims
         self._leases = leases
         self._saga = saga
+        self._stuck = stuck
         #: Told how each saga this class runs ended: what CreateOrder answers, PENDING too.
         self._on_outcome = on_outcome
         self._monotonic = monotonic
@@ -100,7 +105,7 @@ class Orders:
             self._claims.withdraw(request.request_id, claim)
             return None
         run = self._saga.run(order, lease, creating=True)
-        self._on_outcome(run.order.status, run.reason)
+        self._ended(run)
         if run.invalid:
             # Inventory refused the lines (an unknown SKU) and the saga deleted the order:
             # free the request_id too, for a corrected order.
@@ -120,14 +125,22 @@ class Orders:
                     return order  # still PENDING at the deadline: the caller can GetOrder later
                 with _redis_required():
                     idle = not self._leases.held(order.order_id)
-                # Nobody is driving it: its saga is stuck (a compensation could not get through)
-                # or its runner died, and recovery will finish it; don't wait for that. Read it
-                # again: a runner saves (or deletes) the order before it lets go of the lease.
+                # Nobody is driving it. Read it again: a runner saves (or deletes) the order,
+                # and records a stuck run, before it lets go of the lease.
                 if idle:
                     order = self._store.get(holder.order_id)
-                    if order is not None:
+                    if order is None:
+                        continue
+                    if order.status is not Status.PENDING or self._store.stuck(order.order_id).runs:
+                        # Ended, or stuck (a compensation could not get through): recovery
+                        # retries that on its own schedule; don't wait for it.
                         return order
-                    continue
+                    # Its runner died mid-saga (or lost its lease): finish it here and now.
+                    with _redis_required():
+                        resumed = self._resume(order.order_id)
+                    if resumed is not None:
+                        return resumed
+                    continue  # someone else took it over first: wait for them
             else:
                 with _redis_required():
                     if self._claims.holder(request.request_id) != holder:
@@ -157,6 +170,34 @@ class Orders:
             return order
         finally:
             _let_go(lease, order)
+
+    def _resume(self, order_id: str) -> Order | None:
+        """Runs an orphaned PENDING order's saga from its step; None if its lease is taken."""
+        lease = self._leases.lease(order_id)
+        if not lease.acquire():
+            return None
+        order = None
+        try:
+            order = self._store.get(order_id)
+            if order is None or order.status is not Status.PENDING:
+                return order
+            _log.warning("%s: its runner is gone; resuming at %s", order_id, order.step)
+            run = self._saga.run(order, lease)
+            self._ended(run)
+            order = run.order
+            return order
+        finally:
+            _let_go(lease, order)
+
+    def _ended(self, run: Run) -> None:
+        """After a run, still under its lease: counts how it ended, and a stuck one's run."""
+        self._stuck.record(run)
+        self._on_outcome(run.order.status, run.reason)
+
+    def attention(self, orders: list[Order]) -> dict[str, str]:
+        """Why each of these orders needs a person, for those that do (PENDING ones only)."""
+        pending = [order.order_id for order in orders if order.status is Status.PENDING]
+        return self._store.attention_reasons(pending)
 
     @staticmethod
     def _check_same_payload(request: NewOrder, fingerprint: str, order_id: str) -> None:
@@ -207,10 +248,13 @@ def _let_go(lease: Lease, order: Order | None) -> None:
     """Releases a request's lease on its order, unless the order finished.
 
     Duplicates and recovery look at the lease of PENDING orders only, so a finished order's
-    lease guards nothing: it is left to expire, which saves CreateOrder a Redis round trip.
+    lease guards nothing: it is forgotten (no longer renewed) and expires within its term,
+    which saves CreateOrder a Redis round trip.
     """
     if order is None or order.status is Status.PENDING:
         lease.release()
+    else:
+        lease.forget()
 
 
 @contextmanager

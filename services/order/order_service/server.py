@@ -17,12 +17,13 @@ from order_service.claims import Claims
 from order_service.clients import GrpcInventory, GrpcPayments, open_lanes
 from order_service.config import Settings
 from order_service.leases import Leases
-from order_service.metrics import create_duration_interceptor, saga_outcomes
+from order_service.metrics import create_duration_interceptor, needs_attention, saga_outcomes
 from order_service.orders import Orders
 from order_service.recovery import Recovery
 from order_service.saga import Saga
 from order_service.servicer import OrderServicer
-from order_service.store import SCHEMA, OrderStore
+from order_service.store import MIGRATIONS, SCHEMA, OrderStore
+from order_service.stuck import StuckOrders
 
 SERVICE_NAME = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
 CREATE_ORDER = f"/{SERVICE_NAME}/CreateOrder"
@@ -48,6 +49,7 @@ class OrderApp:
     claims: Claims
     leases: Leases
     saga: Saga
+    stuck: StuckOrders
     orders: Orders
     recovery: Recovery
 
@@ -56,13 +58,14 @@ class OrderApp:
 
     def close(self) -> None:
         self.recovery.stop()
+        self.leases.close()
         for channel in self.channels:
             channel.close()
         self.redis.close()
 
 
 def build_app(settings: Settings) -> OrderApp:
-    db = Database(settings.db_path, SCHEMA)
+    db = Database(settings.db_path, SCHEMA, MIGRATIONS)
     client = connect(settings.redis_url)
     listeners = [resilience_metrics()]
     credentials = None if settings.tls is None else settings.tls.channel_credentials()
@@ -82,12 +85,13 @@ def build_app(settings: Settings) -> OrderApp:
     )
     store = OrderStore(db)
     claims = Claims(client)
-    leases = Leases(client, settings.lock_lease_ms)
+    leases = Leases(client, settings.lease_ms)
     saga = Saga(
         store,
         GrpcInventory(inventory, settings.call_timeout_s),
         GrpcPayments(payment, settings.call_timeout_s),
     )
+    stuck = StuckOrders(store, settings.retry_policy)
     outcomes = saga_outcomes()
     return OrderApp(
         settings=settings,
@@ -98,14 +102,18 @@ def build_app(settings: Settings) -> OrderApp:
         claims=claims,
         leases=leases,
         saga=saga,
-        orders=Orders(store, claims, leases, saga, on_outcome=outcomes.record),
+        stuck=stuck,
+        orders=Orders(store, claims, leases, saga, stuck, on_outcome=outcomes.record),
         recovery=Recovery(
             store,
             leases,
             saga,
+            stuck,
             interval_s=settings.recovery_interval_s,
             age_s=settings.recovery_age_s,
+            workers=settings.recovery_workers,
             on_outcome=outcomes.record,
+            on_attention=needs_attention().set,
         ),
     )
 

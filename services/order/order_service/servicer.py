@@ -37,12 +37,12 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             [(line.sku, line.quantity) for line in request.lines[: MAX_LINES + 1]],
             request.request_id,
         )
-        return to_proto(self._orders.create(new, wait_budget(self._max_wait_s)))
+        return self._answer(self._orders.create(new, wait_budget(self._max_wait_s)))
 
     def GetOrder(  # noqa: N802  # method names come from the proto
         self, request: order_pb2.GetOrderRequest, context: grpc.ServicerContext
     ) -> order_pb2.Order:
-        return to_proto(self._orders.get(request.order_id))
+        return self._answer(self._orders.get(request.order_id))
 
     def ListOrders(  # noqa: N802  # method names come from the proto
         self, request: order_pb2.ListOrdersRequest, context: grpc.ServicerContext
@@ -52,9 +52,14 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             page_size=request.page_size,
             page_token=request.page_token,
         )
+        attention = self._orders.attention(orders)
         return order_pb2.ListOrdersResponse(
-            orders=[to_proto(order) for order in orders], next_page_token=token
+            orders=[to_proto(order, attention.get(order.order_id, "")) for order in orders],
+            next_page_token=token,
         )
+
+    def _answer(self, order: Order) -> order_pb2.Order:
+        return to_proto(order, self._orders.attention([order]).get(order.order_id, ""))
 
 
 def wait_budget(cap_s: float) -> float:
@@ -69,7 +74,7 @@ def wait_budget(cap_s: float) -> float:
     return max(0.0, min(remaining - ANSWER_MARGIN_S, cap_s))
 
 
-def to_proto(order: Order) -> order_pb2.Order:
+def to_proto(order: Order, attention_reason: str = "") -> order_pb2.Order:
     message = order_pb2.Order(
         order_id=order.order_id,
         customer_id=order.customer_id,
@@ -82,6 +87,7 @@ def to_proto(order: Order) -> order_pb2.Order:
         request_id=order.request_id,
         create_time=_timestamp(order.create_time_us),
         update_time=_timestamp(order.update_time_us),
+        attention_reason=attention_reason,
     )
     if order.total is not None:
         message.total.CopyFrom(

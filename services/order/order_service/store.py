@@ -35,6 +35,18 @@ CREATE INDEX IF NOT EXISTS orders_customer_newest
 CREATE INDEX IF NOT EXISTS orders_pending ON orders (update_time) WHERE status = 'PENDING';
 """
 
+#: What SCHEMA's table has become since its first release, one step per entry (meshkit.sqlite
+#: runs those a file has not had yet), so a var/ from an earlier version keeps working.
+MIGRATIONS = (
+    # Recovery's view of a PENDING order that runs could not move (store.Stuck); every saga
+    # save that moves the order puts these back to their defaults.
+    """
+    ALTER TABLE orders ADD COLUMN stuck_runs INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE orders ADD COLUMN retry_time INTEGER NOT NULL DEFAULT 0;  -- unix microseconds
+    ALTER TABLE orders ADD COLUMN attention_reason TEXT NOT NULL DEFAULT '';
+    """,
+)
+
 Clock = Callable[[], int]
 
 
@@ -48,6 +60,18 @@ class DuplicateRequest(Exception):
     def __init__(self, request_id: str) -> None:
         super().__init__(f"request_id {request_id!r} already has an order")
         self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class Stuck:
+    """What recovery keeps about a PENDING order that saga runs left at its step."""
+
+    #: Runs in a row that ended with the order still at the same step.
+    runs: int = 0
+    #: Recovery tries it again from then on (unix microseconds; 0: whenever it is idle).
+    retry_time_us: int = 0
+    #: Set once the order needs a person: which step keeps failing, how often, and why.
+    attention_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +91,10 @@ class OrderStore:
 
     def ping(self) -> None:
         self._db.ping()
+
+    def now_us(self) -> int:
+        """The clock that stamps update_time (and recovery's idea of now)."""
+        return self._clock()
 
     def insert(self, order: Order) -> Order:
         """Stores a new order (stamping its times); DuplicateRequest if its request_id is taken."""
@@ -111,7 +139,8 @@ class OrderStore:
         with self._db.write() as conn:
             cursor = conn.execute(
                 "UPDATE orders SET status = ?, step = ?, failure_reason = ?, reservation_id = ?,"
-                " payment_id = ?, total = ?, currency = ?, update_time = ?"
+                " payment_id = ?, total = ?, currency = ?, update_time = ?,"
+                " stuck_runs = 0, retry_time = 0, attention_reason = ''"
                 " WHERE order_id = ? AND status = 'PENDING'",
                 (
                     order.status.value,
@@ -162,14 +191,79 @@ class OrderStore:
         params.append(limit)
         return [_order(row) for row in self._db.read().execute(sql, params)]
 
-    def pending(self, *, idle_for_us: int, limit: int) -> list[Order]:
-        """PENDING orders untouched for ``idle_for_us``, oldest first: the recovery loop's work."""
-        rows = self._db.read().execute(
-            "SELECT * FROM orders WHERE status = 'PENDING' AND update_time <= ?"
-            " ORDER BY update_time LIMIT ?",
-            (self._clock() - idle_for_us, limit),
+    def due(
+        self,
+        *,
+        idle_since_us: int,
+        retry_before_us: int | None,
+        limit: int,
+        after: tuple[int, str] | None,
+    ) -> list[Order]:
+        """PENDING orders untouched since ``idle_since_us`` whose retry time is not after
+        ``retry_before_us`` (None: whatever it is), oldest first (update_time, then order_id),
+        after the key ``after``: one page of the recovery loop's work."""
+        sql = "SELECT * FROM orders WHERE status = 'PENDING' AND update_time <= ?"
+        params: list[Any] = [idle_since_us]
+        if retry_before_us is not None:
+            sql += " AND retry_time <= ?"
+            params.append(retry_before_us)
+        if after is not None:
+            sql += " AND (update_time, order_id) > (?, ?)"
+            params += list(after)
+        sql += " ORDER BY update_time, order_id LIMIT ?"
+        params.append(limit)
+        return [_order(row) for row in self._db.read().execute(sql, params)]
+
+    def next_due_us(self, *, idle_for_us: int, after_us: int) -> int | None:
+        """The first time after ``after_us`` at which a PENDING order becomes due (idle for
+        ``idle_for_us`` and past its retry time), or None if none will."""
+        due = "max(update_time + ?, retry_time)"
+        row = self._db.read().execute(
+            f"SELECT min({due}) FROM orders WHERE status = 'PENDING' AND {due} > ?",  # noqa: S608
+            (idle_for_us, idle_for_us, after_us),
         )
-        return [_order(row) for row in rows]
+        found: int | None = row.fetchone()[0]
+        return found
+
+    def stuck(self, order_id: str) -> Stuck:
+        """What recovery knows of a PENDING order's failed runs (Stuck() for any other)."""
+        row = self._db.read().execute(
+            "SELECT stuck_runs, retry_time, attention_reason FROM orders"
+            " WHERE order_id = ? AND status = 'PENDING'",
+            (order_id,),
+        )
+        found = row.fetchone()
+        return Stuck() if found is None else Stuck(*found)
+
+    def mark_stuck(self, order_id: str, stuck: Stuck) -> bool:
+        """Records a run that left a PENDING order at its step; False if it is no longer PENDING."""
+        with self._db.write() as conn:
+            cursor = conn.execute(
+                "UPDATE orders SET stuck_runs = ?, retry_time = ?, attention_reason = ?"
+                " WHERE order_id = ? AND status = 'PENDING'",
+                (stuck.runs, stuck.retry_time_us, stuck.attention_reason, order_id),
+            )
+            return cursor.rowcount == 1
+
+    def attention_reasons(self, order_ids: list[str]) -> dict[str, str]:
+        """The attention reason of each of these orders that needs a person."""
+        if not order_ids:
+            return {}
+        marks = ",".join("?" * len(order_ids))
+        query = (
+            f"SELECT order_id, attention_reason FROM orders WHERE order_id IN ({marks})"  # noqa: S608 - ?s only
+            " AND status = 'PENDING' AND attention_reason != ''"
+        )
+        rows = self._db.read().execute(query, order_ids)
+        return dict(rows.fetchall())
+
+    def needing_attention(self) -> int:
+        """How many PENDING orders are flagged for a person."""
+        row = self._db.read().execute(
+            "SELECT count(*) FROM orders WHERE status = 'PENDING' AND attention_reason != ''"
+        )
+        count: int = row.fetchone()[0]
+        return count
 
 
 def _lines_json(lines: tuple[Line, ...]) -> str:
