@@ -94,6 +94,10 @@ class MeshError(Exception):
     def to_status(self) -> status_pb2.Status:
         return status_pb2.Status(code=self.code.value[0], message=self.message)
 
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Metadata sent with the status besides its details."""
+        return ()
+
 
 class InvalidArgument(MeshError):
     """The request itself is wrong, whatever the system's state.
@@ -177,6 +181,37 @@ class Unavailable(MeshError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+#: gRFC A6's server pushback: how long a client should wait before it tries again.
+PUSHBACK_HEADER = "grpc-retry-pushback-ms"
+
+
+class ResourceExhausted(MeshError):
+    """Over a limit for now: try again after ``retry_after_s``.
+
+    The status carries ``google.rpc.RetryInfo`` (what grpcurl prints and other clients read)
+    and the ``grpc-retry-pushback-ms`` trailer, which gRPC's own retries and this mesh's
+    resilience library honour in place of their backoff.
+    """
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_ms = max(0, round(retry_after_s * 1000))
+
+    def to_status(self) -> status_pb2.Status:
+        status = super().to_status()
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromMilliseconds(self.retry_after_ms)
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        status.details.append(detail)
+        return status
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((PUSHBACK_HEADER, str(self.retry_after_ms)),)
+
+
 class Validator:
     """Collects field violations so one response names every bad field, not just the first.
 
@@ -211,8 +246,20 @@ class Validator:
 Handler = Callable[[Any, grpc.ServicerContext], Any]
 
 
-def _abort_with(context: grpc.ServicerContext, status: status_pb2.Status) -> None:
-    context.abort_with_status(rpc_status.to_status(status))
+def _abort_with(
+    context: grpc.ServicerContext,
+    status: status_pb2.Status,
+    trailing_metadata: tuple[tuple[str, str], ...] = (),
+) -> None:
+    answer = rpc_status.to_status(status)
+    if trailing_metadata:  # a namedtuple: the status details' trailer, plus these
+        answer = answer._replace(trailing_metadata=answer.trailing_metadata + trailing_metadata)
+    context.abort_with_status(answer)
+
+
+def abort(context: grpc.ServicerContext, error: MeshError) -> None:
+    """Ends the call with ``error``'s status (raises, as ``context.abort`` does)."""
+    _abort_with(context, error.to_status(), error.trailing_metadata())
 
 
 class _Undecodable:
@@ -280,7 +327,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # 
             try:
                 return behaviour(request, context)
             except MeshError as error:
-                _abort_with(context, error.to_status())
+                abort(context, error)
             except Exception as error:
                 # context.abort() raises a bare Exception after setting the status; let it through.
                 if context.code() is not None and context.code() is not grpc.StatusCode.OK:

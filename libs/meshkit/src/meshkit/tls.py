@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from meshkit._handlers import rewrap
 from meshkit.settings import SettingsError, flag, path
 
 TRUST_DOMAIN = "mesh.local"
@@ -151,17 +152,4 @@ class PeerIdentityInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # 
 
             return checked
 
-        return _rewrap(handler, wrap)
-
-
-_BEHAVIOURS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
-
-
-def _rewrap(
-    handler: grpc.RpcMethodHandler, wrap: Callable[[Callable[..., object]], Callable[..., object]]
-) -> grpc.RpcMethodHandler:
-    """The same handler with its one behaviour wrapped (an RpcMethodHandler is a namedtuple,
-    as meshkit.errors also uses it)."""
-    kind = next(name for name in _BEHAVIOURS if getattr(handler, name) is not None)
-    rewrapped: grpc.RpcMethodHandler = handler._replace(**{kind: wrap(getattr(handler, kind))})
-    return rewrapped
+        return rewrap(handler, wrap)
