@@ -4,13 +4,12 @@
     +- envoy CLIENT .../CreateOrder order             upstream_cluster: order
        +- order SERVER .../CreateOrder
           +- saga.reserve                             (and saga.charge, saga.commit)
-             +- CLIENT .../Reserve                    the resilience library's logical call
-                +- .../Reserve attempt 1
-                   +- CLIENT .../Reserve              the grpc instrumentation's
-                      +- envoy SERVER .../Reserve     the internal listener
-                         +- envoy CLIENT .../Reserve inventory   upstream_cluster: inventory
-                            +- inventory SERVER .../Reserve
-                               +- sqlite write inventory.db, Redis commands
+             +- .../Reserve                           the resilience library's logical call
+                +- CLIENT .../Reserve attempt 1       rpc.*: the request on the wire
+                   +- envoy SERVER .../Reserve        the internal listener
+                      +- envoy CLIENT .../Reserve inventory   upstream_cluster: inventory
+                         +- inventory SERVER .../Reserve
+                            +- sqlite write inventory.db, Redis commands
 
 A stack of its own exports to a real OTLP/gRPC receiver on a free port, the way
 `OTEL_EXPORTER_OTLP_ENDPOINT=... make up` exports to Jaeger; the trace is found by the
@@ -119,17 +118,19 @@ def test_one_order_is_one_trace_with_each_hop_under_the_call_that_made_it(
         assert step_span.parent_id == root.span_id
         assert step_span.attributes["order.id"] == order.order_id
         assert step_span.attributes["saga.outcome"] == "OK"
-        # The resilience library's span of the logical call, its one attempt, the grpc CLIENT
-        # span of that attempt, Envoy's internal listener, and the callee's SERVER span: the
+        # The resilience library's span of the logical call, the CLIENT span of its one
+        # attempt, Envoy's internal listener, and the callee's SERVER span: the attempt's
         # traceparent crosses Envoy.
-        call = _child(spans, step_span, "CLIENT", method)
+        call = _child(spans, step_span, "INTERNAL", method)
         assert call.attributes["resilience.attempts"] == 1
-        attempt = _child(spans, call, "INTERNAL", f"{method} attempt 1")
-        client = _child(spans, attempt, "CLIENT", method)
+        attempt = _child(spans, call, "CLIENT", f"{method} attempt 1")
+        assert attempt.attributes["resilience.attempt"] == 1
+        assert attempt.attributes["rpc.grpc.status_code"] == 0
+        assert attempt.attributes["rpc.method"] == method.rsplit("/", 1)[1]
         callee = method.split(".")[1]
         server = _one(spans, callee, "SERVER", method)
         ingress, cluster = _upstream(by_id, server)
-        assert ingress.parent_id == client.span_id
+        assert ingress.parent_id == attempt.span_id
         assert cluster.startswith(callee)  # inventory, payment_v1 or payment_v2
         assert server.attributes["rpc.grpc.status_code"] == 0
 

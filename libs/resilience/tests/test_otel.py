@@ -1,6 +1,7 @@
-"""resilience.otel: a span per logical call and per attempt, against a real FaultService on
-port 0 whose server and client channel are instrumented with OTel's grpc instrumentation, and
-the refusals (bulkhead, deadline, budget) through a fake transport with a fake clock."""
+"""resilience.otel: a span per logical call and a CLIENT span per attempt, against a real
+FaultService on port 0 whose server is instrumented with OTel's grpc instrumentation and whose
+client channel carries the attempt's context (resilience.otel.propagating), and the refusals
+(bulkhead, deadline, budget) through a fake transport with a fake clock."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.instrumentation.grpc import client_interceptor, server_interceptor
-from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
+from opentelemetry.instrumentation.grpc import server_interceptor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -44,6 +44,7 @@ from resilience.otel import (
     EVENT_RETRY_SCHEDULED,
     OUTCOME,
     TracedPipeline,
+    propagating,
 )
 from resilience.testing import FakeClock, ScriptedRng
 
@@ -104,7 +105,7 @@ def connect(
     request: pytest.FixtureRequest, traced_server: Any, pb: ModuleType, pb_grpc: ModuleType,
     provider: TracerProvider,
 ) -> Iterator[Any]:  # fmt: skip
-    """A stub whose channel is OTel-instrumented under a TracedPipeline, both ways in."""
+    """A stub on a propagating channel under a TracedPipeline, both ways in."""
     channels: list[grpc.Channel] = []
 
     def _connect(**overrides: Any) -> Any:
@@ -112,7 +113,7 @@ def connect(
         policy = build_policy({**POLICY, **overrides}, env={}, descriptors=[service])
         raw = grpc.insecure_channel(traced_server.address)
         channels.append(raw)
-        instrumented = intercept_channel(raw, client_interceptor(tracer_provider=provider))
+        instrumented = propagating(raw)
         pipeline = TracedPipeline(
             target=traced_server.address, policy=policy, tracer_provider=provider
         )
@@ -136,12 +137,12 @@ def _by_kind(spans: Sequence[ReadableSpan], kind: SpanKind) -> list[ReadableSpan
 
 
 def _logical(spans: Sequence[ReadableSpan]) -> list[ReadableSpan]:
-    """The library's call spans (the grpc instrumentation's CLIENT spans have a parent)."""
-    return [s for s in _by_kind(spans, SpanKind.CLIENT) if s.instrumentation_scope is not None
+    """The library's call spans."""
+    return [s for s in _by_kind(spans, SpanKind.INTERNAL) if s.instrumentation_scope is not None
             and s.instrumentation_scope.name == "resilience"]  # fmt: skip
 
 
-def test_two_failures_then_success_are_three_attempt_spans_each_over_its_grpc_call(
+def test_two_failures_then_success_are_three_attempt_spans_each_the_servers_parent(
     pb: ModuleType, connect: Any, exporter: InMemorySpanExporter
 ) -> None:
     stub = connect()
@@ -163,6 +164,12 @@ def test_two_failures_then_success_are_three_attempt_spans_each_over_its_grpc_ca
 
     attempts = sorted(_children(spans, call), key=lambda s: s.start_time or 0)
     assert [s.name for s in attempts] == [f"{GET} attempt {n}" for n in (1, 2, 3)]
+    assert {s.kind for s in attempts} == {SpanKind.CLIENT}
+    for attempt in attempts:
+        assert attempt.attributes is not None
+        assert attempt.attributes["rpc.system"] == "grpc"
+        assert attempt.attributes["rpc.service"] == "resiliencetest.v1.FaultService"
+        assert attempt.attributes["rpc.method"] == "Get"
     assert [dict(s.attributes or {}).get(ATTEMPT) for s in attempts] == [1, 2, 3]
     assert [dict(s.attributes or {}).get("rpc.grpc.status_code") for s in attempts] == [14, 14, 0]
     assert [s.status.status_code for s in attempts] == [
@@ -175,13 +182,12 @@ def test_two_failures_then_success_are_three_attempt_spans_each_over_its_grpc_ca
     assert BACKOFF not in (attempts[0].attributes or {})
     assert [(s.attributes or {})[BACKOFF] for s in attempts[1:]] == delays
 
-    # The instrumented channel's CLIENT span is the attempt's child, the server's under it.
+    # Each attempt's request carried its span's context: the server's span is its child.
     for attempt in attempts:
-        (grpc_client,) = _children(spans, attempt)
-        assert grpc_client.kind is SpanKind.CLIENT
-        (server,) = _children(spans, grpc_client)
+        (server,) = _children(spans, attempt)
         assert server.kind is SpanKind.SERVER
     assert len(_by_kind(spans, SpanKind.SERVER)) == 3
+    assert len(spans) == 1 + 3 + 3
 
 
 def test_a_call_the_open_breaker_rejects_has_the_event_and_reaches_no_server(
@@ -199,7 +205,7 @@ def test_a_call_the_open_breaker_rejects_has_the_event_and_reaches_no_server(
         stub.Get(pb.FaultRequest(key="down", fail_first=-1), timeout=5)
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
     spans = exporter.get_finished_spans()
-    (call,) = spans  # no attempt, no grpc CLIENT span, no SERVER span
+    (call,) = spans  # no attempt span, no SERVER span
     assert [e.name for e in call.events] == [EVENT_BREAKER_REJECTED]
     assert call.events[0].attributes is not None
     assert call.events[0].attributes["resilience.breaker.state"] == "open"

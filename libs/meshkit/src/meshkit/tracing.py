@@ -9,9 +9,9 @@ heap. The sampler is the SDK's from ``OTEL_TRACES_SAMPLER``/``_ARG`` (default: p
 always on), so a traceparent's sampled flag decides for every hop after the first.
 
 What is traced once :func:`start` (or :meth:`Tracing.activate`) ran: every server built by
-``meshkit.server.build_server`` (health and reflection excepted), channels passed through
-:func:`instrument_channel` (one CLIENT span per attempt when the resilience pipeline wraps
-them), the calls of a :func:`pipeline` (a span per logical call over its attempts' spans),
+``meshkit.server.build_server`` (health and reflection excepted), the calls of a
+:func:`pipeline` (a span per logical call, and under it a CLIENT span per attempt, whose
+context the request carries through a channel passed through :func:`instrument_channel`),
 every Redis command, and what code wraps in :func:`span` (SQLite write transactions,
 saga steps). Every traced response carries its trace id in the ``x-trace-id`` header.
 """
@@ -107,14 +107,10 @@ class Tracing:
         return [ServerSpanInterceptor(self.tracer)]
 
     def instrument_channel(self, channel: grpc.Channel) -> grpc.Channel:
-        """``channel`` with a CLIENT span per call made on it, carrying the traceparent."""
-        from opentelemetry.instrumentation.grpc import client_interceptor
-        from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
+        """``channel`` with the current trace context (``traceparent``) on every call."""
+        from resilience.otel import propagating
 
-        # The instrumentation's factories are untyped.
-        interceptor = client_interceptor(tracer_provider=self.provider)  # type: ignore[no-untyped-call]
-        instrumented: grpc.Channel = intercept_channel(channel, interceptor)  # type: ignore[no-untyped-call]
-        return instrumented
+        return propagating(channel)
 
     def shutdown(self) -> None:
         """Exports what is queued (unless the collector is known to be away) and stops."""
@@ -182,8 +178,8 @@ def server_interceptors() -> list[grpc.ServerInterceptor]:
 
 
 def instrument_channel(channel: grpc.Channel) -> grpc.Channel:
-    """``channel``, traced when tracing is on (wrap it before the resilience pipeline, so each
-    attempt is one CLIENT span)."""
+    """``channel``, carrying the current trace context when tracing is on (wrap it before the
+    resilience pipeline, so each attempt's request carries its attempt span's context)."""
     return channel if _active is None else _active.instrument_channel(channel)
 
 
@@ -191,7 +187,7 @@ def pipeline(
     *, target: str, policy: resilience.ClientPolicy, listeners: Sequence[resilience.Listener] = ()
 ) -> resilience.Pipeline:
     """The resilience pipeline for ``target``; traced when tracing is on (a span per logical
-    call, and under it one per attempt, each over that attempt's CLIENT span)."""
+    call, and under it a CLIENT span per attempt)."""
     if _active is None:
         return resilience.Pipeline(target=target, policy=policy, listeners=listeners)
     from resilience.otel import TracedPipeline

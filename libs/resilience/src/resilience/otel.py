@@ -1,33 +1,40 @@
 """OpenTelemetry traces of the pipeline (`pip install resilience[otel]`): a span per logical
-call, and under it one span per attempt.
+call, and under it one CLIENT span per attempt, whose context the request carries.
 
-    call span  /pkg.Service/Method            CLIENT; rpc.*, final rpc.grpc.status_code,
+    call span  /pkg.Service/Method            INTERNAL; rpc.*, final rpc.grpc.status_code,
     |                                         resilience.attempts, resilience.outcome, and events:
     |                                         retry_scheduled, retry_budget_exhausted,
     |                                         breaker_rejected, bulkhead_rejected,
     |                                         deadline_exhausted, breaker_state_changed
-    +- /pkg.Service/Method attempt 1          INTERNAL; resilience.attempt, rpc.grpc.status_code
+    +- /pkg.Service/Method attempt 1          CLIENT; rpc.*, resilience.attempt,
+    |                                         rpc.grpc.status_code
     +- /pkg.Service/Method attempt 2          ... and resilience.backoff_s, the wait before it
-       +- (grpc CLIENT span) -> server        when the channel is instrumented
+       +- (the server's span)                 through the traceparent the attempt sent
 
-Each attempt span is the current span while its attempt is sent, so a grpc CLIENT span made by
-an instrumented channel underneath (OTel's grpc instrumentation wraps the raw channel: one span
-per attempt) is its child, and through the traceparent so is the server's span. A call the
-pipeline refuses (breaker open, bulkhead full, no time left) has no attempt span and reaches no
-server: its call span holds the event that says why.
+Each attempt span is the current span while its attempt is sent, and the channel under the
+pipeline, wrapped by `propagating`, writes the current span's context into the call's metadata
+(``traceparent``): so the server's span is the attempt's child. The attempt span is the one
+CLIENT span of the request on the wire, the OTel rpc conventions' span: a grpc client
+instrumentation underneath would add a second span for the same attempt. The call span is
+INTERNAL for the same reason: tools that pair a CLIENT span with its server's (service graphs)
+then count each request once. A call the pipeline
+refuses (breaker open, bulkhead full, no time left) has no attempt span and reaches no server:
+its call span holds the event that says why.
 
 Only this module imports opentelemetry (the API alone); the policy core does not. Streams are
-not traced here (they are one attempt; the grpc instrumentation traces them).
+not traced here (they are one attempt), but `propagating` passes their context on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from opentelemetry import trace
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
 from ._call import Plan
@@ -62,7 +69,9 @@ __all__ = [
     "EVENT_RETRY_BUDGET_EXHAUSTED",
     "EVENT_RETRY_SCHEDULED",
     "OUTCOME",
+    "PropagatingChannel",
     "TracedPipeline",
+    "propagating",
 ]
 
 # Semantic-convention attributes (OTel rpc conventions).
@@ -119,10 +128,33 @@ class _Call:
 _CURRENT: ContextVar[_Call | None] = ContextVar("resilience_traced_call", default=None)
 
 
+@dataclass(frozen=True, slots=True)
+class _SiteSpans:
+    """What a method's spans start with, worked out once per call site."""
+
+    method: str  # the call span's name
+    call: dict[str, str]  # the call span's attributes
+    rpc: dict[str, str]  # every attempt span's
+    first_attempt: dict[str, str | int]  # attempt 1's, which has no backoff
+    first_name: str  # attempt 1's name
+
+
+def _site_spans(site: CallSite) -> _SiteSpans:
+    rpc = {RPC_SYSTEM: "grpc", RPC_SERVICE: site.service, RPC_METHOD: site.name}
+    return _SiteSpans(
+        method=site.method,
+        call={**rpc, TARGET: site.target},
+        rpc=rpc,
+        first_attempt={**rpc, ATTEMPT: 1},
+        first_name=f"{site.method} attempt 1",
+    )
+
+
 class TracedPipeline(Pipeline):
     """A `Pipeline` whose unary calls are traced (see the module docstring); otherwise the same.
 
-    `tracer_provider` defaults to the global one.
+    `tracer_provider` defaults to the global one. Wrap the channel it runs on in
+    `propagating`, so each attempt's request carries the attempt span's context.
     """
 
     def __init__(
@@ -143,55 +175,71 @@ class TracedPipeline(Pipeline):
             rng=rng,
         )
         self._tracer = trace.get_tracer("resilience", tracer_provider=tracer_provider)
-        self._call_attributes: dict[CallSite, dict[str, str]] = {}
+        self._sites: dict[CallSite, _SiteSpans] = {}
 
-    def _start(self, site: CallSite) -> Any:
-        attributes = self._call_attributes.get(site)
-        if attributes is None:
-            attributes = self._call_attributes[site] = {
-                RPC_SYSTEM: "grpc",
-                RPC_SERVICE: site.service,
-                RPC_METHOD: site.name,
-                TARGET: site.target,
-            }
-        return self._tracer.start_as_current_span(
-            site.method, kind=SpanKind.CLIENT, attributes=attributes
-        )
+    def _spans(self, plan: Plan) -> _SiteSpans:
+        found = self._sites.get(plan.site)
+        if found is None:
+            found = self._sites[plan.site] = _site_spans(plan.site)
+        return found
 
     def run(
         self, plan: Plan, caller_timeout: float | None, adapter: Adapter[Ctx, R], ctx: Ctx
     ) -> R:
-        with self._start(plan.site) as span:
-            call = _Call(span)
-            token = _CURRENT.set(call)
-            try:
-                attempts = _Attempts(self, plan, adapter, call)
-                result: R = super().run(plan, caller_timeout, attempts, ctx)
-                return result
-            finally:
-                _CURRENT.reset(token)
+        spans = self._spans(plan)
+        span = self._tracer.start_span(spans.method, kind=SpanKind.INTERNAL, attributes=spans.call)
+        call = _Call(span)
+        context_token = otel_context.attach(trace.set_span_in_context(span))
+        call_token = _CURRENT.set(call)
+        try:
+            attempts = _Attempts(self, spans, adapter, call)
+            result: R = super().run(plan, caller_timeout, attempts, ctx)
+            return result
+        except BaseException as error:
+            _failed(span, error)
+            raise
+        finally:
+            _CURRENT.reset(call_token)
+            otel_context.detach(context_token)
+            span.end()
 
     async def run_async(
         self, plan: Plan, caller_timeout: float | None, adapter: AsyncAdapter[Ctx, R], ctx: Ctx
     ) -> R:
-        with self._start(plan.site) as span:
-            call = _Call(span)
-            token = _CURRENT.set(call)
-            try:
-                attempts = _AsyncAttempts(self, plan, adapter, call)
-                result: R = await super().run_async(plan, caller_timeout, attempts, ctx)
-                return result
-            finally:
-                _CURRENT.reset(token)
+        spans = self._spans(plan)
+        span = self._tracer.start_span(spans.method, kind=SpanKind.INTERNAL, attributes=spans.call)
+        call = _Call(span)
+        context_token = otel_context.attach(trace.set_span_in_context(span))
+        call_token = _CURRENT.set(call)
+        try:
+            attempts = _AsyncAttempts(self, spans, adapter, call)
+            result: R = await super().run_async(plan, caller_timeout, attempts, ctx)
+            return result
+        except BaseException as error:
+            _failed(span, error)
+            raise
+        finally:
+            _CURRENT.reset(call_token)
+            otel_context.detach(context_token)
+            span.end()
 
-    def _attempt_span(self, plan: Plan, attempt: int, call: _Call) -> Any:
-        attributes: dict[str, int | float] = {ATTEMPT: attempt}
+    def _attempt_span(self, spans: _SiteSpans, attempt: int, call: _Call) -> Span:
+        if attempt == 1 and call.backoff is None:
+            return self._tracer.start_span(
+                spans.first_name, kind=SpanKind.CLIENT, attributes=spans.first_attempt
+            )
+        attributes: dict[str, str | int | float] = {**spans.rpc, ATTEMPT: attempt}
         if call.backoff is not None:
             attributes[BACKOFF] = call.backoff
             call.backoff = None
-        return self._tracer.start_as_current_span(
-            f"{plan.site.method} attempt {attempt}", kind=SpanKind.INTERNAL, attributes=attributes
-        )
+        name = f"{spans.method} attempt {attempt}"
+        return self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+
+
+def _failed(span: Span, error: BaseException) -> None:
+    """An exception left the pipeline (the adapter's, or a cancellation): it ends the span."""
+    span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, type(error).__name__))
 
 
 def _attempt_ended(span: Span, status: AttemptStatus | None) -> None:
@@ -204,17 +252,25 @@ def _attempt_ended(span: Span, status: AttemptStatus | None) -> None:
 class _Attempts:
     """The loop's adapter, with each attempt sent inside its own current span."""
 
-    __slots__ = ("_call", "_inner", "_pipeline", "_plan")
+    __slots__ = ("_call", "_inner", "_pipeline", "_spans")
 
     def __init__(
-        self, pipeline: TracedPipeline, plan: Plan, inner: Adapter[Any, Any], call: _Call
+        self, pipeline: TracedPipeline, spans: _SiteSpans, inner: Adapter[Any, Any], call: _Call
     ) -> None:
-        self._pipeline, self._plan, self._inner, self._call = pipeline, plan, inner, call
+        self._pipeline, self._spans, self._inner, self._call = pipeline, spans, inner, call
 
     def send(self, ctx: Any, timeout: float, attempt: int) -> tuple[Any, AttemptStatus | None]:
-        with self._pipeline._attempt_span(self._plan, attempt, self._call) as span:
+        span = self._pipeline._attempt_span(self._spans, attempt, self._call)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
             result, status = self._inner.send(ctx, timeout, attempt)
             _attempt_ended(span, status)
+        except BaseException as error:
+            _failed(span, error)
+            raise
+        finally:
+            otel_context.detach(token)
+            span.end()
         return result, status
 
     def local_error(self, ctx: Any, failure: LocalFailure) -> Any:
@@ -224,23 +280,140 @@ class _Attempts:
 class _AsyncAttempts:
     """`_Attempts` for grpc.aio."""
 
-    __slots__ = ("_call", "_inner", "_pipeline", "_plan")
+    __slots__ = ("_call", "_inner", "_pipeline", "_spans")
 
     def __init__(
-        self, pipeline: TracedPipeline, plan: Plan, inner: AsyncAdapter[Any, Any], call: _Call
+        self,
+        pipeline: TracedPipeline,
+        spans: _SiteSpans,
+        inner: AsyncAdapter[Any, Any],
+        call: _Call,
     ) -> None:
-        self._pipeline, self._plan, self._inner, self._call = pipeline, plan, inner, call
+        self._pipeline, self._spans, self._inner, self._call = pipeline, spans, inner, call
 
     async def send(
         self, ctx: Any, timeout: float, attempt: int
     ) -> tuple[Any, AttemptStatus | None]:
-        with self._pipeline._attempt_span(self._plan, attempt, self._call) as span:
+        span = self._pipeline._attempt_span(self._spans, attempt, self._call)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
             result, status = await self._inner.send(ctx, timeout, attempt)
             _attempt_ended(span, status)
+        except BaseException as error:
+            _failed(span, error)
+            raise
+        finally:
+            otel_context.detach(token)
+            span.end()
         return result, status
 
     def local_error(self, ctx: Any, failure: LocalFailure) -> Any:
         return self._inner.local_error(ctx, failure)
+
+
+# -- the context on the wire --------------------------------------------------------------
+
+
+def _with_context(metadata: Any) -> Any:
+    """``metadata`` and the current context's headers (``traceparent``, by the global
+    propagator, so ``OTEL_PROPAGATORS`` applies)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if not carrier:
+        return metadata
+    return (*metadata, *carrier.items()) if metadata else tuple(carrier.items())
+
+
+class _PropagatingMethod:
+    """A multicallable (any call type) whose calls carry the context current when made."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._inner(
+            request, timeout, _with_context(metadata), credentials, wait_for_ready, compression
+        )
+
+    def with_call(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._inner.with_call(
+            request, timeout, _with_context(metadata), credentials, wait_for_ready, compression
+        )
+
+    def future(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._inner.future(
+            request, timeout, _with_context(metadata), credentials, wait_for_ready, compression
+        )
+
+
+class PropagatingChannel(grpc.Channel):  # type: ignore[misc]  # grpc bases are Any
+    """A sync channel whose every call carries the trace context current when it is made;
+    it makes no span. Under a `TracedPipeline` that is the attempt's span."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._channel = channel
+
+    def unary_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return _PropagatingMethod(self._channel.unary_unary(*args, **kwargs))
+
+    def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return _PropagatingMethod(self._channel.unary_stream(*args, **kwargs))
+
+    def stream_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return _PropagatingMethod(self._channel.stream_unary(*args, **kwargs))
+
+    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return _PropagatingMethod(self._channel.stream_stream(*args, **kwargs))
+
+    def subscribe(self, callback: Callable[[Any], None], try_to_connect: bool = False) -> None:
+        self._channel.subscribe(callback, try_to_connect=try_to_connect)
+
+    def unsubscribe(self, callback: Callable[[Any], None]) -> None:
+        self._channel.unsubscribe(callback)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> PropagatingChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._channel.close()
+
+
+def propagating(channel: grpc.Channel) -> PropagatingChannel:
+    """``channel`` with the current trace context in every call's metadata: put it under
+    `resilience.intercept_channel(..., TracedPipeline(...))`."""
+    return PropagatingChannel(channel)
+
+
+# -- the pipeline's events on the call span ------------------------------------------------
 
 
 class _SpanEvents:
