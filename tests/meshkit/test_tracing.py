@@ -12,6 +12,7 @@ import grpc
 import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
@@ -141,6 +142,48 @@ def test_an_unsampled_caller_is_honoured_and_still_told_its_trace_id(
         _, headers = _call(serve(), "Echo", [("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-00")])
         assert _server_spans(exporter.get_finished_spans()) == []
     assert headers[tracing.TRACE_ID_HEADER] == TRACE_ID
+
+
+@pytest.mark.parametrize(
+    ("flags", "recorded"), [("01", ["SET", "step", f"/{SERVICE}/Work"]), ("00", [])]
+)
+def test_nothing_under_an_unsampled_call_is_recorded(
+    redis_url: str, flags: str, recorded: list[str]
+) -> None:
+    """A sampled call's step and Redis command are spans under its own; an unsampled call's
+    are not even started (the Redis instrumentation is suppressed under it)."""
+    client = redis.Redis.from_url(redis_url)
+    instrumented: list[bool] = []
+
+    def work(request: bytes, context: grpc.ServicerContext) -> bytes:
+        instrumented.append(is_instrumentation_enabled())
+        with tracing.span("step"):
+            client.set("unsampled-test", "1")
+        return request
+
+    def register(server: grpc.Server) -> None:
+        handlers = {"Work": grpc.unary_unary_rpc_method_handler(work)}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+    try:
+        with traced() as exporter:
+            running = build_server(
+                ServerOptions(port=0), service_names=[SERVICE], registrations=[register], checks={}
+            )
+            try:
+                code, headers = _call(
+                    running, "Work", [("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-{flags}")]
+                )
+            finally:
+                running.stop()
+            spans = exporter.get_finished_spans()
+    finally:
+        client.close()
+    assert code is grpc.StatusCode.OK
+    assert headers[tracing.TRACE_ID_HEADER] == TRACE_ID
+    assert [span.name for span in spans] == recorded
+    assert all(format(span.context.trace_id, "032x") == TRACE_ID for span in spans)
+    assert instrumented == [bool(recorded)]
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import server_interceptor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -188,6 +189,21 @@ def test_two_failures_then_success_are_three_attempt_spans_each_the_servers_pare
         assert server.kind is SpanKind.SERVER
     assert len(_by_kind(spans, SpanKind.SERVER)) == 3
     assert len(spans) == 1 + 3 + 3
+
+
+def test_a_call_under_an_unsampled_span_records_nothing_and_passes_the_decision_on(
+    pb: ModuleType, connect: Any, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    stub = connect()
+    unsampled = trace.NonRecordingSpan(
+        trace.SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, is_remote=True)
+    )
+    with trace.use_span(unsampled):
+        reply = stub.Get(pb.FaultRequest(key="unsampled", fail_first=1), timeout=5)
+    assert reply.attempt == 2
+    # The server's parent-based sampler saw the unsampled traceparent: without it, it would
+    # have started sampled traces of its own.
+    assert exporter.get_finished_spans() == ()
 
 
 def test_a_call_the_open_breaker_rejects_has_the_event_and_reaches_no_server(

@@ -203,13 +203,21 @@ _NO_SPAN: AbstractContextManager[trace.Span] = nullcontext(trace.INVALID_SPAN)
 def span(
     name: str, attributes: Mapping[str, str | int] | None = None
 ) -> AbstractContextManager[trace.Span]:
-    """A span around a block, current inside it; a no-op span when tracing is off.
+    """A span around a block, current inside it; a no-op span when tracing is off or the
+    current span is not sampled.
 
     An exception leaving the block is recorded on the span and marks it ERROR.
     """
-    if _active is None:
+    if _active is None or _unsampled():
         return _NO_SPAN
     return _active.tracer.start_as_current_span(name, attributes=attributes)
+
+
+def _unsampled() -> bool:
+    """The current span is one of a trace that is not sampled: every span the SDK would start
+    under it is unsampled too (so says each sampler ``OTEL_TRACES_SAMPLER`` can name)."""
+    context = trace.get_current_span().get_span_context()
+    return context.is_valid and not context.trace_flags.sampled
 
 
 def untraced(check: Callable[[], T]) -> Callable[[], T]:
@@ -260,11 +268,13 @@ class ServerSpanInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # gr
     """
 
     def __init__(self, tracer: trace.Tracer) -> None:
-        # Imported only when tracing is on: it loads the OTEL_PROPAGATORS entry points.
+        # Imported only when tracing is on: propagate loads the OTEL_PROPAGATORS entry points.
         from opentelemetry import propagate
+        from opentelemetry.instrumentation.utils import suppress_instrumentation
 
         self._tracer = tracer
         self._extract = propagate.extract
+        self._suppress = suppress_instrumentation
         self._methods: dict[str, _MethodAttributes | None] = {}
 
     def _attributes(self, method: str) -> _MethodAttributes | None:
@@ -294,6 +304,7 @@ class ServerSpanInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # gr
             return handler
         behaviour = handler.unary_unary
         tracer, extract = self._tracer, self._extract
+        suppress_instrumentation = self._suppress
 
         def traced(request: Any, context: grpc.ServicerContext) -> Any:
             parent = extract(dict(context.invocation_metadata()))
@@ -305,6 +316,12 @@ class ServerSpanInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # gr
                 context.send_initial_metadata(
                     ((TRACE_ID_HEADER, format(span.get_span_context().trace_id, "032x")),)
                 )
+                if not span.is_recording():
+                    # Every span under an unsampled one is unsampled too: the instrumentation
+                    # (Redis's) need not build them. The outbound calls still carry the
+                    # context, so the services downstream follow the same decision.
+                    with suppress_instrumentation():
+                        return behaviour(request, context)
                 try:
                     response = behaviour(request, context)
                 except BaseException as error:

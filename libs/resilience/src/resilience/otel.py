@@ -21,6 +21,11 @@ then count each request once. A call the pipeline
 refuses (breaker open, bulkhead full, no time left) has no attempt span and reaches no server:
 its call span holds the event that says why.
 
+A call made under a span that is not sampled records nothing (every sampler the SDK configures
+from ``OTEL_TRACES_SAMPLER`` leaves a child of an unsampled span unsampled) and runs as an
+untraced `Pipeline` would; its request still carries the unsampled context, so the services
+downstream follow the same decision.
+
 Only this module imports opentelemetry (the API alone); the policy core does not. Streams are
 not traced here (they are one attempt), but `propagating` passes their context on.
 """
@@ -186,6 +191,9 @@ class TracedPipeline(Pipeline):
     def run(
         self, plan: Plan, caller_timeout: float | None, adapter: Adapter[Ctx, R], ctx: Ctx
     ) -> R:
+        if _unsampled():
+            untraced: R = super().run(plan, caller_timeout, adapter, ctx)
+            return untraced
         spans = self._spans(plan)
         span = self._tracer.start_span(spans.method, kind=SpanKind.INTERNAL, attributes=spans.call)
         call = _Call(span)
@@ -206,6 +214,9 @@ class TracedPipeline(Pipeline):
     async def run_async(
         self, plan: Plan, caller_timeout: float | None, adapter: AsyncAdapter[Ctx, R], ctx: Ctx
     ) -> R:
+        if _unsampled():
+            untraced: R = await super().run_async(plan, caller_timeout, adapter, ctx)
+            return untraced
         spans = self._spans(plan)
         span = self._tracer.start_span(spans.method, kind=SpanKind.INTERNAL, attributes=spans.call)
         call = _Call(span)
@@ -234,6 +245,12 @@ class TracedPipeline(Pipeline):
             call.backoff = None
         name = f"{spans.method} attempt {attempt}"
         return self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+
+
+def _unsampled() -> bool:
+    """The current span is one of a trace that is not sampled (see the module docstring)."""
+    context = trace.get_current_span().get_span_context()
+    return context.is_valid and not context.trace_flags.sampled
 
 
 def _failed(span: Span, error: BaseException) -> None:
