@@ -1,7 +1,7 @@
 """``make bench``: every benchmark, each printing a table next to a same-run baseline.
 
-``python -m bench mesh`` (or ``resilience``, ``server-model``) runs one; extra arguments pass
-through.
+``python -m bench mesh`` (or ``resilience``, ``server-model``, ``recovery``) runs one; extra
+arguments pass through.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ BENCHMARKS = {
     "mesh": "bench.mesh_bench",
     "resilience": "bench.resilience_bench",
     "server-model": "bench.server_model_bench",
+    "recovery": "bench.recovery_bench",
 }
 
 
