@@ -57,6 +57,8 @@ def test_overrides(tmp_path: Path) -> None:
         ({"ORDER_RECOVERY_WORKERS": "0"}, "ORDER_RECOVERY_WORKERS"),
         ({"ORDER_ATTENTION_RUNS": "0"}, "ORDER_ATTENTION_RUNS"),
         ({"MESH_MTLS": "maybe"}, "MESH_MTLS"),
+        # CreateOrder may not take every thread: reads and health need some.
+        ({"ORDER_MAX_WORKERS": "8", "ORDER_CREATE_MAX_IN_FLIGHT": "8"}, "must be below"),
     ],
 )
 def test_bad_values_stop_start_up_naming_the_variable(env: dict[str, str], named: str) -> None:

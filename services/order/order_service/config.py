@@ -101,6 +101,16 @@ DUPLICATE_WAIT_S = settings.number(
 MAX_WORKERS = settings.integer(
     "ORDER_MAX_WORKERS", 32, lo=1, hi=256, doc="threads serving order's calls"
 )
+#: Below ORDER_MAX_WORKERS: CreateOrder waits on inventory and payment, and when they are slow
+#: its calls would otherwise take every thread, GetOrder's and the health checks' too.
+CREATE_MAX_IN_FLIGHT = settings.integer(
+    "ORDER_CREATE_MAX_IN_FLIGHT",
+    24,
+    lo=1,
+    hi=255,
+    doc="CreateOrder calls served at once, below ORDER_MAX_WORKERS; more are refused at once"
+    " with RESOURCE_EXHAUSTED and a pushback",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,6 +132,7 @@ class Settings:
     lease_ms: int = LEASE_MS.field()
     duplicate_wait_s: float = DUPLICATE_WAIT_S.field()
     max_workers: int = MAX_WORKERS.field()
+    create_max_in_flight: int = CREATE_MAX_IN_FLIGHT.field()
     #: mTLS as spiffe://mesh.local/order: serving, and calling Envoy's internal listener.
     tls: WorkloadTls | None = None
     #: Deadlines, retries, breakers and bulkheads of the outbound channels (validated at start-up).
@@ -129,6 +140,11 @@ class Settings:
 
     def __post_init__(self) -> None:
         settings.check_fields(self)
+        if self.create_max_in_flight >= self.max_workers:
+            raise settings.SettingsError(
+                f"{CREATE_MAX_IN_FLIGHT.name}={self.create_max_in_flight}: must be below"
+                f" {MAX_WORKERS.name}={self.max_workers}, so reads and health keep threads"
+            )
 
     @property
     def retry_policy(self) -> stuck.RetryPolicy:

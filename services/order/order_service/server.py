@@ -10,6 +10,7 @@ import redis
 from mesh.inventory.v1 import inventory_pb2
 from mesh.order.v1 import order_pb2, order_pb2_grpc
 from mesh.payment.v1 import payment_pb2
+from meshkit.admission import ConcurrencyLimitInterceptor
 from meshkit.redis_client import connect
 from meshkit.server import RunningServer, ServerOptions, build_server, resilience_metrics
 from meshkit.sqlite import Database
@@ -128,7 +129,10 @@ def serve(settings: Settings) -> RunningServer:
         reflection_names=REFLECTION_NAMES,
         registrations=[lambda s: order_pb2_grpc.add_OrderServiceServicer_to_server(servicer, s)],
         checks={"sqlite": app.db.ping, "redis": app.ping_redis},
-        interceptors=[create_duration_interceptor(CREATE_ORDER)],
+        interceptors=[
+            create_duration_interceptor(CREATE_ORDER),
+            ConcurrencyLimitInterceptor({CREATE_ORDER: settings.create_max_in_flight}),
+        ],
     )
     app.recovery.start()
     running.on_stop.append(app.close)
