@@ -11,7 +11,15 @@ import pytest
 
 from meshkit.ids import new_id
 from meshkit.sqlite import Database
-from order_service.domain import Order, Reason, Status, Step, new_order, validate_create
+from order_service.domain import (
+    Order,
+    Outcome,
+    Reason,
+    Status,
+    Step,
+    new_order,
+    validate_create,
+)
 from order_service.saga import Run
 from order_service.store import MIGRATIONS, SCHEMA, OrderStore, Stuck
 from order_service.stuck import RetryPolicy, StuckOrders
@@ -114,6 +122,36 @@ def test_after_n_runs_the_order_needs_a_person_logged_once_and_moving_on_clears_
     store.save(replace(order, status=Status.FAILED, step=Step.DONE))
     assert store.stuck(order.order_id) == Stuck()
     assert store.needing_attention() == 0
+
+
+def test_the_flag_names_the_error_and_an_outage_brings_it_no_nearer(store: OrderStore) -> None:
+    order = compensating(store)
+    stuck = StuckOrders(
+        store, RetryPolicy(first_retry_s=1, max_retry_s=10, attention_after=2), rng=FixedRng(0.5)
+    )
+    refused = Run(
+        order,
+        Reason.DEPENDENCY_UNAVAILABLE,
+        stuck_on=Outcome.NOT_SENT,
+        error="UNAVAILABLE: circuit breaker for inventory-compensations is open",
+    )
+    rejected = Run(
+        order,
+        Reason.DEPENDENCY_REJECTED,
+        stuck_on=Outcome.REJECTED,
+        error="PERMISSION_DENIED: not allowed",
+    )
+
+    outage = [stuck.record(refused) for _ in range(5)]
+    assert [m.runs if m else None for m in outage] == [0] * 5  # waits, counts for nothing
+    stuck.record(rejected)
+    flagged = stuck.record(rejected)
+
+    assert flagged is not None
+    assert flagged.attention_reason == (
+        "RELEASE has failed 2 runs in a row (dependency_rejected): PERMISSION_DENIED: not"
+        " allowed; compensating for: payment declined: card"
+    )
 
 
 def test_runs_that_end_the_order_or_lose_the_lease_are_not_stuck_runs(store: OrderStore) -> None:

@@ -33,6 +33,9 @@ class Run:
     reason: Reason
     #: Set when the order FAILED because inventory refused its lines (Outcome.INVALID).
     invalid: tuple[FieldViolation, ...] = ()
+    #: For a run that left its order stuck at a step: how that step's call ended, and its error.
+    stuck_on: Outcome | None = None
+    error: str = ""
 
 
 class Saga:
@@ -88,7 +91,8 @@ class Saga:
                 order = self._store.save(moved) if domain.must_save(moved) else moved
             if moved.status is Status.PENDING and moved.step == step:
                 _log.warning("%s: stuck at %s: %s", order.order_id, step, result.reason)
-                return Run(order, domain.ending(order, stuck_on=result.outcome))
+                why = domain.ending(order, stuck_on=result.outcome)
+                return Run(order, why, stuck_on=result.outcome, error=result.reason)
             _log.debug("%s: %s %s -> %s", order.order_id, step, result.outcome, order.step)
         # A confirmed order logs nothing above DEBUG: at load, a line per order costs this
         # process and supervisord (which copies every line to the log file) more than the

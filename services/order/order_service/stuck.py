@@ -7,6 +7,11 @@ such run (doubling from ``first_retry_s`` to ``max_retry_s``, with jitter so a b
 retry in step), and after ``attention_after`` runs in a row the order is flagged: it stays
 PENDING, since stock may be held or money taken, but a gauge, an alert and GetOrder say it
 needs a person. The order moving on (the store's save) clears all of it.
+
+A run whose call the resilience library refused before it left (NOT_SENT: the dependency's
+breaker is open) backs off like the others but does not bring the flag nearer: that is an
+outage, which the dependency's own alerts report, and the order moves as soon as it ends; it
+is the order's own calls failing, answered or not, that a person must look at.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import random
 from dataclasses import dataclass
 
-from order_service.domain import Order, Reason, Status
+from order_service.domain import Order, Outcome, Reason, Status
 from order_service.saga import Run
 from order_service.store import OrderStore, Stuck
 from resilience import Rng, WaitFullJitter
@@ -53,9 +58,11 @@ class RetryPolicy:
         return half.cap(runs) + half(runs, rng)
 
 
-def attention_reason(order: Order, runs: int, why: Reason) -> str:
+def attention_reason(order: Order, runs: int, why: Reason, error: str = "") -> str:
     """What a flagged order says: the step that keeps failing, how often, why, and what for."""
     text = f"{order.step.value} has failed {runs} runs in a row ({why.value})"
+    if error:
+        text += f": {error}"
     if order.failure_reason:
         text += f"; compensating for: {order.failure_reason}"
     return text
@@ -81,13 +88,16 @@ class StuckOrders:
         if order.status is not Status.PENDING or run.reason is Reason.LEASE_LOST:
             return None
         before = self._store.stuck(order.order_id)
-        runs = before.runs + 1
+        # An outage (the call never left) waits as the last run did, and counts for nothing.
+        runs = before.runs + (run.stuck_on is not Outcome.NOT_SENT)
         flagged = runs >= self._policy.attention_after
-        retry_in_us = int(self._policy.retry_in_s(runs, self._rng) * 1_000_000)
+        retry_in_us = int(self._policy.retry_in_s(max(runs, 1), self._rng) * 1_000_000)
         now = Stuck(
             runs=runs,
             retry_time_us=self._store.now_us() + retry_in_us,
-            attention_reason=attention_reason(order, runs, run.reason) if flagged else "",
+            attention_reason=(
+                attention_reason(order, runs, run.reason, run.error) if flagged else ""
+            ),
         )
         if not self._store.mark_stuck(order.order_id, now):
             return None  # it ended meanwhile (a runner whose lease ran out finished it)
