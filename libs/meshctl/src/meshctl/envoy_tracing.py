@@ -25,8 +25,13 @@ CLUSTER = "opentelemetry_collector"
 SERVICE_NAME = "envoy"
 DEFAULT_OTLP_PORT = 4317
 #: Envoy batches spans for 5 s or 5 spans by default; a second shows a trace about as soon as
-#: the services' own (whose batch processor waits up to 5 s, OTEL_BSP_SCHEDULE_DELAY) do.
-RUNTIME = {"tracing.opentelemetry.flush_interval_ms": 1000}
+#: the services' own (whose batch processor waits up to 5 s, OTEL_BSP_SCHEDULE_DELAY) do. Five
+#: spans is an export per order or two under load, each a gRPC request Envoy sends and the
+#: collector answers; 512 is the services' batch (OTEL_BSP_MAX_EXPORT_BATCH_SIZE).
+RUNTIME = {
+    "tracing.opentelemetry.flush_interval_ms": 1000,
+    "tracing.opentelemetry.min_flush_spans": 512,
+}
 #: OTEL_TRACES_SAMPLER values that sample no new trace, or a ratio of them (the SDK's names).
 ALWAYS_OFF = frozenset({"always_off", "parentbased_always_off"})
 RATIO = frozenset({"traceidratio", "parentbased_traceidratio"})
