@@ -1,18 +1,22 @@
 """Read-only looks inside a running stack for end-to-end assertions: a service's Prometheus
-/metrics, Envoy's admin counters, and the payments table the two payment deployments share.
-Nothing here changes the stack."""
+/metrics, Envoy's admin counters, the order database and the payments table the two payment
+deployments share, and the invariants over them. Nothing here changes the stack."""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
+import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import closing
 from typing import Any
 
+import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from meshctl.stack import Stack
 
 PAYMENT_SERVICE_NAME = "mesh.payment.v1.PaymentService"
@@ -88,3 +92,50 @@ def payment_rows(stack: Stack, where: str, params: Mapping[str, Any]) -> list[di
         query = f"SELECT * FROM payments WHERE {where}"  # noqa: S608 - the tests' own clauses
         rows = conn.execute(query, dict(params)).fetchall()
     return [dict(row) for row in rows]
+
+
+def order_rows(stack: Stack, where: str = "1 = 1") -> list[dict[str, Any]]:
+    """Rows of the order database, read through a read-only connection."""
+    path = stack.config.data_dir / "order.db"
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
+        conn.row_factory = sqlite3.Row
+        query = f"SELECT * FROM orders WHERE {where}"  # noqa: S608 - the tests' own clauses
+        return [dict(row) for row in conn.execute(query).fetchall()]
+
+
+def stock(edge: grpc.Channel, skus: Iterable[str]) -> dict[str, int]:
+    """Each SKU's available stock, as GetItem answers through the edge."""
+    stub = inventory_pb2_grpc.InventoryServiceStub(edge)
+    return {
+        sku: int(stub.GetItem(inventory_pb2.GetItemRequest(sku=sku), timeout=5).available)
+        for sku in skus
+    }
+
+
+def assert_settled_and_moved_once(
+    stack: Stack,
+    edge: grpc.Channel,
+    before: Mapping[str, int],
+    since_us: int,
+    timeout_s: float = 30,
+) -> None:
+    """Once recovery has ended every order (none left PENDING), stock and money moved exactly
+    once per CONFIRMED order and not at all for a FAILED one: the stock of ``before``'s SKUs
+    went down by the quantities of the orders CONFIRMED since ``since_us``, and the money
+    captured is the CONFIRMED orders' totals, one payment each (the whole stack's)."""
+    deadline = time.monotonic() + timeout_s
+    while order_rows(stack, "status = 'PENDING'"):
+        assert time.monotonic() < deadline, order_rows(stack, "status = 'PENDING'")[:3]
+        time.sleep(0.2)
+    confirmed = order_rows(stack, "status = 'CONFIRMED'")
+    captured = payment_rows(stack, "state = 'CAPTURED'", {})
+    assert sorted(p["order_id"] for p in captured) == sorted(o["order_id"] for o in confirmed)
+    assert sum(p["amount_minor"] for p in captured) == sum(o["total"] for o in confirmed)
+    sold = dict.fromkeys(before, 0)
+    for order in confirmed:
+        if order["create_time"] >= since_us:
+            for line in json.loads(order["lines"]):
+                if line["sku"] in sold:
+                    sold[line["sku"]] += line["quantity"]
+    after = stock(edge, before)
+    assert {sku: before[sku] - after[sku] for sku in before} == sold

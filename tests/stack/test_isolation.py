@@ -26,6 +26,8 @@ from meshctl.stack import Stack
 from meshctl.testing import running_stack
 from meshkit.errors import PUSHBACK_HEADER
 
+from ._probes import assert_settled_and_moved_once, stock
+
 pytestmark = pytest.mark.stack
 
 WRITERS = 64
@@ -49,6 +51,8 @@ def test_reads_and_health_are_served_while_slow_writes_are_capped(slow_payment: 
     lock = threading.Lock()
 
     with grpc.insecure_channel(slow_payment.config.edge_target) as edge:
+        skus = ["SKU-0001", "SKU-0002"]
+        before, since_us = stock(edge, skus), time.time_ns() // 1000
         orders = order_pb2_grpc.OrderServiceStub(edge)
         health = health_pb2_grpc.HealthStub(edge)
         known = orders.CreateOrder(
@@ -111,6 +115,7 @@ def test_reads_and_health_are_served_while_slow_writes_are_capped(slow_payment: 
             stop.set()
             for thread in writers:
                 thread.join(60)
+        assert_settled_and_moved_once(slow_payment, edge, before, since_us)
 
     assert set(reads) == {"OK"}, reads
     assert set(checks) == {"SERVING"}, checks

@@ -12,10 +12,14 @@ the last 10 s, plus 1/s), a per-method breaker that opens at 20 failures in a ro
 * 50%, sick: no retry storm (the budget caps payment's load at ~1.2x), and the breaker stays
   closed, so at least the first attempts' half of the orders confirm.
 * 100%, down: the breaker opens and orders fail fast, with nothing charged and stock released.
+
+After each, once recovery has ended every order, stock and money moved exactly once per
+CONFIRMED order and not at all for a FAILED one.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent import futures
@@ -30,7 +34,7 @@ from meshctl.stack import Stack
 from meshctl.testing import running_stack
 from resilience import OUTCOME_BREAKER_OPEN, metric_names
 
-from ._probes import metric_sum, payment_handled
+from ._probes import assert_settled_and_moved_once, metric_sum, payment_handled, stock
 
 pytestmark = pytest.mark.stack
 
@@ -85,10 +89,13 @@ def charge_metric(stack: Stack, name: str, **labels: str) -> int:
 
 
 def place_orders(stack: Stack, count: int) -> Load:
+    """``count`` orders at 8 in flight; once recovery has ended them all, stock and money
+    moved exactly once per CONFIRMED order."""
     run = uuid.uuid4().hex[:8]
     calls_before = charge_metric(stack, metric_names.CALLS)
     reached_before = sum(payment_handled(stack, "Charge").values())
     with grpc.insecure_channel(stack.config.edge_target) as edge:
+        before, since_us = stock(edge, SKUS), time.time_ns() // 1000
         stub = order_pb2_grpc.OrderServiceStub(edge)
 
         def place(i: int) -> order_pb2.Order:
@@ -104,6 +111,7 @@ def place_orders(stack: Stack, count: int) -> Load:
 
         with futures.ThreadPoolExecutor(IN_FLIGHT) as pool:
             placed = list(pool.map(place, range(count)))
+        assert_settled_and_moved_once(stack, edge, before, since_us)
     return Load(
         orders=placed,
         charge_calls=charge_metric(stack, metric_names.CALLS) - calls_before,

@@ -25,6 +25,8 @@ from mesh.order.v1 import order_pb2, order_pb2_grpc
 from meshctl.stack import Stack
 from meshctl.testing import running_stack
 
+from ._probes import assert_settled_and_moved_once, stock
+
 pytestmark = pytest.mark.stack
 
 CLIENTS = 8
@@ -67,6 +69,7 @@ def test_a_killed_payment_v1_costs_almost_no_order(restart_stack: Stack) -> None
     lock = threading.Lock()
 
     with grpc.insecure_channel(restart_stack.config.edge_target) as edge:
+        before, since_us = stock(edge, SKUS), time.time_ns() // 1000
         stub = order_pb2_grpc.OrderServiceStub(edge)
 
         def client() -> None:
@@ -107,6 +110,7 @@ def test_a_killed_payment_v1_costs_almost_no_order(restart_stack: Stack) -> None
             stop.set()
             for thread in clients:
                 thread.join(60)
+        assert_settled_and_moved_once(restart_stack, edge, before, since_us)
 
     failed = [p for p in placed if p.status != "ORDER_STATUS_CONFIRMED"]
     assert len(placed) > 100
