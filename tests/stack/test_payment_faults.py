@@ -157,3 +157,43 @@ def test_a_dead_payment_opens_the_breaker_and_orders_fail_fast_with_nothing_char
     assert len(refused) >= 0.9 * 200, load.failures()[:3]
     assert load.reached <= 0.1 * load.charge_calls, (load.reached, load.charge_calls)
     assert all(r.startswith("payment unavailable") for r in load.failures())
+
+
+@pytest.fixture(scope="module")
+def outage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {"INVENTORY_SEED_STOCK": "100000"}
+    with running_stack(tmp_path_factory.mktemp("payment-outage"), env) as running:
+        yield running
+
+
+def test_after_a_payment_outage_every_order_ends_within_15_s_of_payment_returning(
+    outage_stack: Stack,
+) -> None:
+    """Both payment deployments stopped, orders placed, payment started again: the orders
+    whose Charge went out wait for their VoidCharge, which the breaker's probes and recovery's
+    retries get through soon after payment is back."""
+    run = uuid.uuid4().hex[:8]
+    with grpc.insecure_channel(outage_stack.config.edge_target) as edge:
+        before, since_us = stock(edge, SKUS), time.time_ns() // 1000
+        outage_stack.supervisor.ctl("stop", "payment_v1", "payment_v2")
+        stub = order_pb2_grpc.OrderServiceStub(edge)
+
+        def place(i: int) -> order_pb2.Order:
+            order: order_pb2.Order = stub.CreateOrder(
+                order_pb2.CreateOrderRequest(
+                    customer_id="cust-outage",
+                    request_id=f"outage-{run}-{i}",
+                    lines=[money_pb2.Line(sku=SKUS[i % len(SKUS)], quantity=1)],
+                ),
+                timeout=30,
+            )
+            return order
+
+        with futures.ThreadPoolExecutor(IN_FLIGHT) as pool:
+            during = list(pool.map(place, range(100)))
+        assert not any(order.status == CONFIRMED for order in during)
+        refused = [o for o in during if "circuit breaker" in o.failure_reason]
+        assert len(refused) >= 50, [o.failure_reason for o in during][:3]  # failing fast
+
+        outage_stack.supervisor.ctl("start", "payment_v1", "payment_v2")
+        assert_settled_and_moved_once(outage_stack, edge, before, since_us, timeout_s=15)
