@@ -40,7 +40,7 @@ def test_with_an_endpoint_both_listeners_trace_and_envoy_accepts_it(
     managers = _managers(rendered)
     assert len(managers) == 2  # edge and internal
     for manager in managers:
-        assert manager["tracing"]["spawn_upstream_span"] is True
+        assert "spawn_upstream_span" not in manager["tracing"]  # the SERVER span is the hop
         assert manager["tracing"]["random_sampling"] == {"value": 100.0}
         provider = manager["tracing"]["provider"]
         assert provider["name"] == "envoy.tracers.opentelemetry"
