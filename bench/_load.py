@@ -19,6 +19,7 @@ class LoadResult:
     latencies_s: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    cpu_s: float = 0.0  # CPU the measured processes used, when the caller measures it
 
     @property
     def ok(self) -> int:
@@ -44,6 +45,7 @@ class LoadResult:
         for code, count in other.errors.items():
             self.errors[code] = self.errors.get(code, 0) + count
         self.elapsed_s += other.elapsed_s
+        self.cpu_s += other.cpu_s
 
 
 async def run_closed_loop(

@@ -15,13 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import itertools
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -48,6 +50,17 @@ TRACING_VARIANTS: tuple[tuple[str, Mapping[str, str] | None], ...] = (
 )
 SKUS = [f"SKU-{n:04d}" for n in range(1, 21)]
 CALL_TIMEOUT_S = 10.0
+
+
+def _cpu_s(pids: Sequence[int]) -> float:
+    """CPU seconds (user + system) the processes ``pids`` have used so far."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            # Fields after the command name (which may hold spaces); utime, stime are 14, 15.
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_kib(pid: int) -> int:
@@ -84,15 +97,24 @@ class _Orders:
 
 
 async def _alternate(
-    variants: Sequence[CallFactory], in_flight: int, block_s: float, rounds: int
+    variants: Sequence[CallFactory],
+    in_flight: int,
+    block_s: float,
+    rounds: int,
+    cpu: Sequence[Callable[[], float]] = (),
 ) -> list[LoadResult]:
-    """Runs the variants in turn, ``rounds`` blocks each, after an unmeasured warm-up."""
+    """Runs the variants in turn, ``rounds`` blocks each, after an unmeasured warm-up; with
+    ``cpu`` (a clock of CPU seconds per variant), each result's ``cpu_s`` is what its variant
+    used during its own blocks."""
     for make_call in variants:
         await run_closed_loop(make_call, in_flight=in_flight, duration_s=0.5)
     totals = [LoadResult() for _ in variants]
+    clocks = list(cpu) or [lambda: 0.0 for _ in variants]
     for _ in range(rounds):
-        for total, make_call in zip(totals, variants, strict=True):
+        for total, make_call, clock in zip(totals, variants, clocks, strict=True):
+            before = clock()
             total.merge(await run_closed_loop(make_call, in_flight=in_flight, duration_s=block_s))
+            total.cpu_s += clock() - before
     return totals
 
 
@@ -273,7 +295,11 @@ def _spans_received(process: subprocess.Popen[str]) -> int:
 
 
 async def _measure_tracing(
-    edges: Sequence[str], in_flight: int, block_s: float, rounds: int
+    edges: Sequence[str],
+    cpu: Sequence[Callable[[], float]],
+    in_flight: int,
+    block_s: float,
+    rounds: int,
 ) -> list[tuple[LoadResult, int]]:
     async with contextlib.AsyncExitStack() as channels:
         creates = [
@@ -283,7 +309,7 @@ async def _measure_tracing(
             )
             for n, edge in enumerate(edges)
         ]
-        results = await _alternate(creates, in_flight, block_s, rounds)
+        results = await _alternate(creates, in_flight, block_s, rounds, cpu)
         return [(result, create.confirmed) for result, create in zip(results, creates, strict=True)]
 
 
@@ -314,9 +340,18 @@ def _compare_tracing(env: dict[str, str], block_s: float, rounds: int) -> None:
                 )
                 for n, (_, extra) in enumerate(TRACING_VARIANTS)
             ]
+            # A variant's CPU: its stack's processes and its receiver, in its own blocks.
+            pids = [
+                [
+                    *stack.supervisor.pids().values(),
+                    *([receivers[n][1].pid] if n in receivers else []),
+                ]
+                for n, stack in enumerate(stacks)
+            ]
             measured = asyncio.run(
                 _measure_tracing(
                     [stack.config.edge_target for stack in stacks],
+                    [functools.partial(_cpu_s, variant) for variant in pids],
                     TRACING_IN_FLIGHT,
                     block_s,
                     rounds,
@@ -334,19 +369,23 @@ def _compare_tracing(env: dict[str, str], block_s: float, rounds: int) -> None:
     print(f"stack settings: {' '.join(f'{k}={v}' for k, v in sorted(env.items()))}\n")
     print(
         "| variant                | in flight | calls/s   | p50 ms   | p99 ms   | "
-        "errors     | calls/s vs off | p99 vs off | order RSS MiB |"
+        "errors     | calls/s vs off | p99 vs off | CPU ms/order | order RSS MiB |"
     )
     print(
         "|------------------------|-----------|-----------|----------|----------|"
-        "------------|----------------|------------|---------------|"
+        "------------|----------------|------------|--------------|---------------|"
     )
     off = measured[0][0]
     for (name, _), (result, ok), rss in zip(TRACING_VARIANTS, measured, order_rss, strict=True):
         throughput = f"x{result.throughput / off.throughput:.3f}"
         p99 = f"x{result.percentile_ms(0.99) / off.percentile_ms(0.99):.3f}"
         row = _row(f"{name} ({ok} ok)", TRACING_IN_FLIGHT, result, throughput)
-        print(f"{row} {p99:<10} | {rss:>13.1f} |")
-    print()
+        cpu_ms = 1000 * result.cpu_s / result.ok if result.ok else math.nan
+        print(f"{row} {p99:<10} | {cpu_ms:>12.2f} | {rss:>13.1f} |")
+    print(
+        "\nCPU ms/order: user + system time of the variant's supervised processes and its "
+        "receiver during its own blocks, per order answered"
+    )
     for n, count in spans.items():
         ok = measured[n][1]
         per_order = count / ok if ok else 0.0
