@@ -17,7 +17,9 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
+from mesh.order.v1 import order_pb2, order_pb2_grpc
 from meshctl.stack import Stack
+from meshkit.errors import PUSHBACK_HEADER
 
 PAYMENT_SERVICE_NAME = "mesh.payment.v1.PaymentService"
 PAYMENT_CLUSTERS = ("payment_v1", "payment_v2")
@@ -139,3 +141,27 @@ def assert_settled_and_moved_once(
                     sold[line["sku"]] += line["quantity"]
     after = stock(edge, before)
     assert {sku: before[sku] - after[sku] for sku in before} == sold
+
+
+def create_order(
+    stub: order_pb2_grpc.OrderServiceStub,
+    request: order_pb2.CreateOrderRequest,
+    timeout_s: float = 30,
+) -> order_pb2.Order:
+    """CreateOrder as a well-behaved client sends it: refused for being over the order
+    service's cap of calls in flight (RESOURCE_EXHAUSTED with a pushback), it waits as told and
+    sends the same request again (the request_id makes that safe), until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            order: order_pb2.Order = stub.CreateOrder(
+                request, timeout=max(0.1, deadline - time.monotonic())
+            )
+            return order
+        except grpc.RpcError as error:
+            pushback = dict(error.trailing_metadata() or ()).get(PUSHBACK_HEADER)
+            if error.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED or pushback is None:
+                raise
+            if time.monotonic() + int(pushback) / 1000 >= deadline:
+                raise
+            time.sleep(int(pushback) / 1000)
