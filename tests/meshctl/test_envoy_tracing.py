@@ -15,6 +15,7 @@ from meshctl.config import StackError
 from meshctl.pki import ensure_certificates
 from meshctl.registry import WORKLOADS
 from meshctl.testing import stack_config
+from meshkit.tracing import TRACE_ID_HEADER
 
 ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}
 
@@ -41,6 +42,10 @@ def test_with_an_endpoint_both_listeners_trace_and_envoy_accepts_it(
     assert len(managers) == 2  # edge and internal
     for manager in managers:
         assert "spawn_upstream_span" not in manager["tracing"]  # the SERVER span is the hop
+        # Only the edge answers with the trace id: nobody reads the internal hops' answers.
+        added = manager["route_config"].get("response_headers_to_add", [])
+        names = [entry["header"]["key"] for entry in added]
+        assert names == ([TRACE_ID_HEADER] if manager["stat_prefix"] == "edge" else [])
         assert manager["tracing"]["random_sampling"] == {"value": 100.0}
         provider = manager["tracing"]["provider"]
         assert provider["name"] == "envoy.tracers.opentelemetry"

@@ -18,6 +18,7 @@ order_create_duration_seconds, each the trace id of a sampled CreateOrder.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import urllib.parse
 import urllib.request
@@ -137,6 +138,36 @@ def test_one_order_is_one_trace_with_each_hop_under_the_call_that_made_it(
     assert ("inventory", STEPS["saga.reserve"]) in writes
     # Redis commands (the order's claim, inventory's cache) are spans of the same trace.
     assert any(s.attributes.get("db.system") == "redis" for s in spans)
+
+
+def test_the_edge_answers_with_the_trace_id_of_an_unsampled_call_and_of_a_refused_one(
+    traced_stack: Stack,
+) -> None:
+    """A caller that sampled its trace out is still told its id, and so is one Envoy itself
+    refuses (no service saw it)."""
+    trace_id = secrets.token_hex(16)
+    traceparent = ("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-00")
+    with grpc.insecure_channel(traced_stack.config.edge_target) as edge:
+        order, call = order_pb2_grpc.OrderServiceStub(edge).CreateOrder.with_call(
+            order_pb2.CreateOrderRequest(
+                customer_id="cust-traces",
+                request_id=f"traces-{uuid.uuid4()}",
+                lines=[money_pb2.Line(sku=SKU, quantity=1)],
+            ),
+            timeout=30,
+            metadata=[traceparent],
+        )
+        with pytest.raises(grpc.RpcError) as denied:
+            payment_pb2_grpc.PaymentServiceStub(edge).Charge(
+                payment_pb2.ChargeRequest(), timeout=10
+            )
+    assert order.status == order_pb2.ORDER_STATUS_CONFIRMED
+    assert dict(call.initial_metadata())[TRACE_ID_HEADER] == trace_id
+    assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    # Envoy's own answer is trailers-only: its headers are the call's trailing metadata.
+    refused = dict(denied.value.trailing_metadata())[TRACE_ID_HEADER]
+    assert len(refused) == 32
+    assert refused != trace_id
 
 
 def test_a_canary_pinned_call_shows_the_v2_cluster_and_the_v2_deployment(

@@ -13,7 +13,8 @@ What is traced once :func:`start` (or :meth:`Tracing.activate`) ran: every serve
 :func:`pipeline` (a span per logical call, and under it a CLIENT span per attempt, whose
 context the request carries through a channel passed through :func:`instrument_channel`),
 every Redis command, and what code wraps in :func:`span` (SQLite write transactions,
-saga steps). Every traced response carries its trace id in the ``x-trace-id`` header.
+saga steps). The edge answers every traced request with its trace id in the ``x-trace-id``
+header (meshctl.envoy_tracing).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-#: Response header (initial metadata) holding the trace id, so ``grpcurl -v`` shows it.
+#: Response header (initial metadata) in which the edge answers with the trace id, so
+#: ``grpcurl -v`` shows it.
 TRACE_ID_HEADER = "x-trace-id"
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 #: The services a server answers but does not trace: Envoy's health checks and grpcurl's
@@ -103,7 +105,7 @@ class Tracing:
             _active = None
 
     def server_interceptors(self) -> list[grpc.ServerInterceptor]:
-        """The SERVER span of every traced call (outermost), with its trace id in the answer."""
+        """The SERVER span of every traced call (outermost)."""
         return [ServerSpanInterceptor(self.tracer)]
 
     def instrument_channel(self, channel: grpc.Channel) -> grpc.Channel:
@@ -256,7 +258,7 @@ _MethodAttributes = Mapping[str, str]
 
 class ServerSpanInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
     """A SERVER span per unary call, child of the caller's ``traceparent``, with the call's
-    trace id sent as initial metadata (``x-trace-id``) and its final status code.
+    final status code.
 
     Written here rather than taken from opentelemetry-instrumentation-grpc, whose server
     interceptor builds a new method handler, runs its filter chain, splits the method name,
@@ -313,9 +315,6 @@ class ServerSpanInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # gr
             )
             token = otel_context.attach(trace.set_span_in_context(span, parent))
             try:
-                context.send_initial_metadata(
-                    ((TRACE_ID_HEADER, format(span.get_span_context().trace_id, "032x")),)
-                )
                 if not span.is_recording():
                     # Every span under an unsampled one is unsampled too: the instrumentation
                     # (Redis's) need not build them. The outbound calls still carry the
