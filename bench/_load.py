@@ -19,7 +19,8 @@ class LoadResult:
     latencies_s: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
-    cpu_s: float = 0.0  # CPU the measured processes used, when the caller measures it
+    #: CPU seconds each measured process used, by name, when the caller measures them.
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> int:
@@ -45,7 +46,8 @@ class LoadResult:
         for code, count in other.errors.items():
             self.errors[code] = self.errors.get(code, 0) + count
         self.elapsed_s += other.elapsed_s
-        self.cpu_s += other.cpu_s
+        for name, used in other.cpu_s.items():
+            self.cpu_s[name] = self.cpu_s.get(name, 0.0) + used
 
 
 async def run_closed_loop(

@@ -52,15 +52,15 @@ SKUS = [f"SKU-{n:04d}" for n in range(1, 21)]
 CALL_TIMEOUT_S = 10.0
 
 
-def _cpu_s(pids: Sequence[int]) -> float:
-    """CPU seconds (user + system) the processes ``pids`` have used so far."""
-    total = 0
-    for pid in pids:
+def _cpu_s(pids: Mapping[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) each of the processes ``pids`` (by name) has used so far."""
+    used = {}
+    for name, pid in pids.items():
         with contextlib.suppress(OSError):
             # Fields after the command name (which may hold spaces); utime, stime are 14, 15.
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+            used[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
 
 
 def _rss_kib(pid: int) -> int:
@@ -101,20 +101,21 @@ async def _alternate(
     in_flight: int,
     block_s: float,
     rounds: int,
-    cpu: Sequence[Callable[[], float]] = (),
+    cpu: Sequence[Callable[[], Mapping[str, float]]] = (),
 ) -> list[LoadResult]:
     """Runs the variants in turn, ``rounds`` blocks each, after an unmeasured warm-up; with
-    ``cpu`` (a clock of CPU seconds per variant), each result's ``cpu_s`` is what its variant
-    used during its own blocks."""
+    ``cpu`` (per variant, the CPU seconds of each of its processes), each result's ``cpu_s``
+    is what its variant's processes used during its own blocks."""
     for make_call in variants:
         await run_closed_loop(make_call, in_flight=in_flight, duration_s=0.5)
     totals = [LoadResult() for _ in variants]
-    clocks = list(cpu) or [lambda: 0.0 for _ in variants]
+    clocks: list[Callable[[], Mapping[str, float]]] = list(cpu) or [dict for _ in variants]
     for _ in range(rounds):
         for total, make_call, clock in zip(totals, variants, clocks, strict=True):
             before = clock()
             total.merge(await run_closed_loop(make_call, in_flight=in_flight, duration_s=block_s))
-            total.cpu_s += clock() - before
+            for name, used in clock().items():
+                total.cpu_s[name] = total.cpu_s.get(name, 0.0) + used - before.get(name, used)
     return totals
 
 
@@ -296,7 +297,7 @@ def _spans_received(process: subprocess.Popen[str]) -> int:
 
 async def _measure_tracing(
     edges: Sequence[str],
-    cpu: Sequence[Callable[[], float]],
+    cpu: Sequence[Callable[[], Mapping[str, float]]],
     in_flight: int,
     block_s: float,
     rounds: int,
@@ -342,10 +343,10 @@ def _compare_tracing(env: dict[str, str], block_s: float, rounds: int) -> None:
             ]
             # A variant's CPU: its stack's processes and its receiver, in its own blocks.
             pids = [
-                [
-                    *stack.supervisor.pids().values(),
-                    *([receivers[n][1].pid] if n in receivers else []),
-                ]
+                {
+                    **stack.supervisor.pids(),
+                    **({"receiver": receivers[n][1].pid} if n in receivers else {}),
+                }
                 for n, stack in enumerate(stacks)
             ]
             measured = asyncio.run(
@@ -380,12 +381,16 @@ def _compare_tracing(env: dict[str, str], block_s: float, rounds: int) -> None:
         throughput = f"x{result.throughput / off.throughput:.3f}"
         p99 = f"x{result.percentile_ms(0.99) / off.percentile_ms(0.99):.3f}"
         row = _row(f"{name} ({ok} ok)", TRACING_IN_FLIGHT, result, throughput)
-        cpu_ms = 1000 * result.cpu_s / result.ok if result.ok else math.nan
+        cpu_ms = 1000 * sum(result.cpu_s.values()) / result.ok if result.ok else math.nan
         print(f"{row} {p99:<10} | {cpu_ms:>12.2f} | {rss:>13.1f} |")
     print(
         "\nCPU ms/order: user + system time of the variant's supervised processes and its "
-        "receiver during its own blocks, per order answered"
+        "receiver during its own blocks, per order answered; by process:"
     )
+    for (name, _), (result, _) in zip(TRACING_VARIANTS, measured, strict=True):
+        used = sorted(result.cpu_s.items(), key=lambda item: -item[1])
+        shown = ", ".join(f"{process} {1000 * s / result.ok:.2f}" for process, s in used if s)
+        print(f"  {name}: {shown}" if result.ok else f"  {name}: no order answered")
     for n, count in spans.items():
         ok = measured[n][1]
         per_order = count / ok if ok else 0.0
