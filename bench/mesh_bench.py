@@ -183,7 +183,7 @@ def main() -> None:
     block_s, rounds = (1.0, 1) if args.quick else (args.block, args.rounds)
 
     # Enough stock that 64 in flight for the whole run never runs a SKU dry.
-    env = {"INVENTORY_SEED_STOCK": "1000000"}
+    env = {"INVENTORY_SEED_STOCK": "1000000", "ORDER_RATE_PER_S": "0"}
     env.update(item.split("=", 1) for item in args.env)
     if not args.tracing_only:
         _compare_levels(env, args.in_flight or IN_FLIGHT, block_s, rounds)

@@ -112,7 +112,13 @@ def _wait(what: str, done: object, deadline: float) -> None:
 
 
 def takeover(base: Path, in_flight: int, latency_ms: int, env: dict[str, str]) -> None:
-    stack_env = {"PAYMENT_LATENCY_MS": str(latency_ms), "INVENTORY_SEED_STOCK": "100000", **env}
+    # One customer places every order: no per-customer rate limit.
+    stack_env = {
+        "PAYMENT_LATENCY_MS": str(latency_ms),
+        "INVENTORY_SEED_STOCK": "100000",
+        "ORDER_RATE_PER_S": "0",
+        **env,
+    }
     with running_stack(base, stack_env) as stack:
         clients = [_Client() for _ in range(in_flight)]
         stop = threading.Event()

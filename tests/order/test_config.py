@@ -8,6 +8,7 @@ import pytest
 
 from meshkit.settings import SettingsError
 from order_service.config import Settings
+from order_service.ratelimit import RateLimitOptions
 
 PLAINTEXT = {"MESH_MTLS": "0"}
 
@@ -22,6 +23,7 @@ def test_defaults(mesh_certs: Path) -> None:
     assert settings.call_timeout_s == 2.0
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.db_path == Path("var/data").resolve() / "order.db"
+    assert settings.rate_limit == RateLimitOptions(per_s=10.0, burst=20)
 
 
 def test_overrides(tmp_path: Path) -> None:
@@ -57,6 +59,8 @@ def test_overrides(tmp_path: Path) -> None:
         ({"ORDER_RECOVERY_WORKERS": "0"}, "ORDER_RECOVERY_WORKERS"),
         ({"ORDER_ATTENTION_RUNS": "0"}, "ORDER_ATTENTION_RUNS"),
         ({"MESH_MTLS": "maybe"}, "MESH_MTLS"),
+        ({"ORDER_RATE_PER_S": "-1"}, "ORDER_RATE_PER_S"),
+        ({"ORDER_RATE_BURST": "0"}, "ORDER_RATE_BURST"),
         # CreateOrder may not take every thread: reads and health need some.
         ({"ORDER_MAX_WORKERS": "8", "ORDER_CREATE_MAX_IN_FLIGHT": "8"}, "must be below"),
     ],

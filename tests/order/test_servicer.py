@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -11,25 +12,38 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 import redis
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 
 import resilience
 from mesh.order.v1 import order_pb2
-from meshkit.errors import trailer_bytes
+from meshkit.errors import PUSHBACK_HEADER, trailer_bytes
 from meshkit.ids import new_id
 from meshkit.limits import ERROR_TRAILER_BUDGET_BYTES, MAX_FIELD_VIOLATIONS
 from meshkit.paging import INT64_MAX, _filter_digest
-from order_service.claims import Claim
+from meshkit.testing import redis_server
+from order_service import metric_names as m
+from order_service.claims import Claim, claim_key
 from order_service.domain import new_order, validate_create
 from order_service.leases import lease_key
 from order_service.server import OrderApp
 from order_service.servicer import ANSWER_MARGIN_S, wait_budget
 from order_service.store import Stuck
 
-from .conftest import SEED_STOCK, Inventory, Order, Payments, proto_lines, violations
+from .conftest import (
+    SEED_STOCK,
+    Inventory,
+    Order,
+    Payments,
+    StartOrder,
+    proto_lines,
+    violations,
+)
 
 CONFIRMED = order_pb2.ORDER_STATUS_CONFIRMED
 #: The Redis commands a CreateOrder makes, counted by INFO commandstats (scripts' too).
-COUNTED = ("evalsha", "get", "set", "exists", "incr", "del")
+COUNTED = ("evalsha", "time", "get", "set", "exists", "incr", "del")
 
 
 def test_sequential_duplicates_return_the_same_order_without_a_second_charge(
@@ -45,7 +59,7 @@ def test_sequential_duplicates_return_the_same_order_without_a_second_charge(
     assert payments.states(first.order_id) == ["CAPTURED"]
 
 
-def test_a_create_order_costs_the_order_service_one_redis_round_trip(
+def test_a_create_order_costs_the_order_service_two_redis_round_trips(
     order: Order, redis_url: str
 ) -> None:
     client = redis.Redis.from_url(redis_url)
@@ -60,9 +74,18 @@ def test_a_create_order_costs_the_order_service_one_redis_round_trip(
     spent = {name: n - before[name] for name, n in calls().items()}
 
     assert placed.status == CONFIRMED
-    # The order service's one script (claim + lease: get, set, set), and inventory's cache
-    # bump after Reserve (exists, incr). The finished order's lease is left to expire.
-    assert spent == {"evalsha": 2, "get": 1, "set": 2, "exists": 1, "incr": 1, "del": 0}
+    # The order service's two scripts, the customer's rate limit (time, get, set) and the
+    # claim + lease (get, set, set), and inventory's cache bump after Reserve (exists, incr).
+    # The finished order's lease is left to expire.
+    assert spent == {
+        "evalsha": 3,
+        "time": 1,
+        "get": 2,
+        "set": 3,
+        "exists": 1,
+        "incr": 1,
+        "del": 0,
+    }
     assert 0 < client.pttl(lease_key(placed.order_id)) <= order.settings.lease_ms
 
 
@@ -233,6 +256,105 @@ def test_redis_losing_its_claims_does_not_start_a_second_saga(
 
     assert order.create("cust-1", ("SKU-0016", 1), request_id="amnesia-1") == first
     assert payments.states(first.order_id) == ["CAPTURED"]
+
+
+# --- the per-customer rate limit ------------------------------------------------------------
+
+#: Two orders at once, then one per 100 s: the tests' own time never lets one more in.
+SLOW_LIMIT = {"ORDER_RATE_PER_S": "0.01", "ORDER_RATE_BURST": "2"}
+
+
+def decisions() -> dict[str, float]:
+    """This process's order_rate_limit_decisions_total, by outcome."""
+    return {
+        sample.labels[m.OUTCOME]: sample.value
+        for metric in REGISTRY.collect()
+        for sample in metric.samples
+        if sample.name == m.RATE_LIMIT_DECISIONS
+    }
+
+
+def decided_since(before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0) for k, v in decisions().items() if v != before.get(k, 0)}
+
+
+def test_a_customer_over_the_rate_limit_is_refused_with_retry_info_and_others_are_not(
+    start_order: StartOrder, inventory: Inventory
+) -> None:
+    order = start_order(**SLOW_LIMIT)
+    before = decisions()
+    for n in range(2):
+        placed = order.create("cust-busy", ("SKU-0017", 1), request_id=f"busy-{n}")
+        assert placed.status == CONFIRMED
+
+    with pytest.raises(grpc.RpcError) as caught:
+        order.create("cust-busy", ("SKU-0017", 1), request_id="busy-2")
+
+    error = caught.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    pushback_ms = int(dict(error.trailing_metadata())[PUSHBACK_HEADER])
+    assert 90_000 < pushback_ms <= 100_000  # the first of the burst is a full interval away
+    assert error.details() == (
+        "customer 'cust-busy' is over the order rate limit (0.01 orders/s per customer,"
+        f" bursts of 2); try again in {pushback_ms} ms"
+    )
+    status = rpc_status.from_call(error)
+    assert status is not None
+    info = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(info)
+    assert info.retry_delay.ToMilliseconds() == pushback_ms
+    # Refused before anything was claimed, reserved or charged.
+    assert inventory.available("SKU-0017") == SEED_STOCK - 2
+    assert claim_holder(order, "busy-2") is None
+
+    assert order.create("cust-calm", ("SKU-0017", 1), request_id="calm-0").status == CONFIRMED
+    assert decided_since(before) == {"allowed": 3, "limited": 1}
+
+
+def test_a_retry_of_an_accepted_request_is_answered_and_not_charged_again(
+    start_order: StartOrder, payments: Payments
+) -> None:
+    order = start_order(**SLOW_LIMIT)
+    first = order.create("cust-retry", ("SKU-0018", 1), request_id="retry-0")
+    order.create("cust-retry", ("SKU-0018", 1), request_id="retry-1")
+    before = decisions()
+
+    # At its limit, the customer still gets its accepted order back, as often as it asks.
+    for _ in range(5):
+        assert order.create("cust-retry", ("SKU-0018", 1), request_id="retry-0") == first
+    assert decided_since(before) == {}
+    assert payments.states(first.order_id) == ["CAPTURED"]
+    with pytest.raises(grpc.RpcError) as caught:
+        order.create("cust-retry", ("SKU-0018", 1), request_id="retry-2")
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_with_redis_down_the_limit_lets_orders_by_and_the_claim_answers_unavailable(
+    start_order: StartOrder, caplog: pytest.LogCaptureFixture
+) -> None:
+    with redis_server() as private:
+        order = start_order(REDIS_URL=private.url, **SLOW_LIMIT)
+        private.process.terminate()
+        private.process.wait()
+        before = decisions()
+
+        with (
+            caplog.at_level(logging.WARNING, logger="order_service.ratelimit"),
+            pytest.raises(grpc.RpcError) as caught,
+        ):
+            order.create("cust-outage", ("SKU-0019", 1), request_id="outage-0")
+
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert caught.value.details() == "redis unavailable (ConnectionError)"
+        assert decided_since(before) == {"redis_unavailable": 1}
+        assert any("rate limit not applied" in record.getMessage() for record in caplog.records)
+        order.stop()
+
+
+def claim_holder(order: Order, request_id: str) -> Claim | None:
+    """Who holds a request_id's claim in the order's Redis."""
+    raw = redis.Redis.from_url(order.settings.redis_url).get(claim_key(request_id))
+    return None if raw is None else Claim.decode(raw)
 
 
 # --- hostile input: every answer is INVALID_ARGUMENT naming a field, small, no traceback ----

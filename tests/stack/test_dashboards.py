@@ -30,7 +30,12 @@ pytestmark = pytest.mark.stack
 
 #: Charges fail often enough for every resilience signal to move (retries, the budget running
 #: out, breakers opening), with stock for any number of orders.
-FAULT = {"PAYMENT_FAULT_RATE": "0.3", "INVENTORY_SEED_STOCK": "1000000"}
+#: One customer places every order (20 a look): no per-customer rate limit.
+FAULT = {
+    "PAYMENT_FAULT_RATE": "0.3",
+    "INVENTORY_SEED_STOCK": "1000000",
+    "ORDER_RATE_PER_S": "0",
+}
 #: Data shows within ~15 s (two scrapes 5 s apart, then a rule evaluation); more than twice
 #: that before calling it a failure.
 WAIT_S = 40.0

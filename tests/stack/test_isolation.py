@@ -40,7 +40,12 @@ ENVOY_CHECK_FAILURES = "cluster.order.health_check.failure"
 
 @pytest.fixture(scope="module")
 def slow_payment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {"PAYMENT_LATENCY_MS": "1500", "INVENTORY_SEED_STOCK": "100000"}
+    # One customer's 64 writers: no per-customer rate limit, so only the cap refuses calls.
+    env = {
+        "PAYMENT_LATENCY_MS": "1500",
+        "INVENTORY_SEED_STOCK": "100000",
+        "ORDER_RATE_PER_S": "0",
+    }
     with running_stack(tmp_path_factory.mktemp("slow-payment"), env) as running:
         yield running
 

@@ -51,7 +51,12 @@ class Client:
 
 @pytest.fixture(scope="module")
 def crash_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {"INVENTORY_SEED_STOCK": str(STOCK), "PAYMENT_LATENCY_MS": str(CHARGE_LATENCY_MS)}
+    # One customer places every order: no per-customer rate limit.
+    env = {
+        "INVENTORY_SEED_STOCK": str(STOCK),
+        "PAYMENT_LATENCY_MS": str(CHARGE_LATENCY_MS),
+        "ORDER_RATE_PER_S": "0",
+    }
     with running_stack(tmp_path_factory.mktemp("order-crash"), env) as running:
         yield running
 

@@ -49,6 +49,8 @@ def faulty_payment(tmp: pytest.TempPathFactory, rate: str) -> Iterator[Stack]:
         "PAYMENT_FAULT_RATE": rate,
         "PAYMENT_FAULT_CODE": "UNAVAILABLE",
         "INVENTORY_SEED_STOCK": "100000",
+        # One customer places every order: no per-customer rate limit.
+        "ORDER_RATE_PER_S": "0",
     }
     with running_stack(tmp.mktemp(f"payment-fault-{rate}"), env) as running:
         yield running
@@ -161,7 +163,8 @@ def test_a_dead_payment_opens_the_breaker_and_orders_fail_fast_with_nothing_char
 
 @pytest.fixture(scope="module")
 def outage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {"INVENTORY_SEED_STOCK": "100000"}
+    # One customer places every order: no per-customer rate limit.
+    env = {"INVENTORY_SEED_STOCK": "100000", "ORDER_RATE_PER_S": "0"}
     with running_stack(tmp_path_factory.mktemp("payment-outage"), env) as running:
         yield running
 

@@ -45,7 +45,8 @@ class Placed:
 
 @pytest.fixture(scope="module")
 def restart_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {"INVENTORY_SEED_STOCK": "100000"}
+    # One customer places every order: no per-customer rate limit.
+    env = {"INVENTORY_SEED_STOCK": "100000", "ORDER_RATE_PER_S": "0"}
     with running_stack(tmp_path_factory.mktemp("restart"), env) as running:
         yield running
 

@@ -43,7 +43,8 @@ CHARGE_STATS = "cluster.{cluster}.grpc.mesh.payment.v1.PaymentService.Charge.{ou
 @pytest.fixture(scope="module")
 def faulty_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A second mesh where every Charge fails UNAVAILABLE before doing anything."""
-    env = {"PAYMENT_FAULT_RATE": "1", "PAYMENT_FAULT_CODE": "UNAVAILABLE"}
+    # One customer places every order: no per-customer rate limit.
+    env = {"PAYMENT_FAULT_RATE": "1", "PAYMENT_FAULT_CODE": "UNAVAILABLE", "ORDER_RATE_PER_S": "0"}
     with running_stack(tmp_path_factory.mktemp("faulty"), env) as running:
         yield running
 

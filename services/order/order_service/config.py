@@ -15,6 +15,7 @@ from meshkit.settings import SettingsError
 from meshkit.tls import WorkloadTls, workload_tls
 from order_service import stuck
 from order_service.leases import DEFAULT_LEASE_MS
+from order_service.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, RateLimitOptions
 
 #: Service-to-service calls go through Envoy's internal listener (as through a sidecar), so
 #: mTLS, RBAC and the payment canary apply to them.
@@ -111,6 +112,21 @@ CREATE_MAX_IN_FLIGHT = settings.integer(
     doc="CreateOrder calls served at once, below ORDER_MAX_WORKERS; more are refused at once"
     " with RESOURCE_EXHAUSTED and a pushback",
 )
+#: Demo-sized, so a short loop of grpcurl shows the limit; a real shop would allow far more.
+RATE_PER_S = settings.number(
+    "ORDER_RATE_PER_S",
+    DEFAULT_RATE_PER_S,
+    lo=0,
+    hi=1_000_000,
+    doc="new orders per second each customer may place (GCRA in Redis); 0: no limit",
+)
+RATE_BURST = settings.integer(
+    "ORDER_RATE_BURST",
+    DEFAULT_BURST,
+    lo=1,
+    hi=1_000_000,
+    doc="new orders a customer may place at once after a pause; then ORDER_RATE_PER_S",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,6 +149,8 @@ class Settings:
     duplicate_wait_s: float = DUPLICATE_WAIT_S.field()
     max_workers: int = MAX_WORKERS.field()
     create_max_in_flight: int = CREATE_MAX_IN_FLIGHT.field()
+    rate_per_s: float = RATE_PER_S.field()
+    rate_burst: int = RATE_BURST.field()
     #: mTLS as spiffe://mesh.local/order: serving, and calling Envoy's internal listener.
     tls: WorkloadTls | None = None
     #: Deadlines, retries, breakers and bulkheads of the outbound channels (validated at start-up).
@@ -154,6 +172,10 @@ class Settings:
             max_retry_s=self.recovery_max_backoff_s,
             attention_after=self.attention_runs,
         )
+
+    @property
+    def rate_limit(self) -> RateLimitOptions:
+        return RateLimitOptions(per_s=self.rate_per_s, burst=self.rate_burst)
 
     @property
     def call_timeout_s(self) -> float:

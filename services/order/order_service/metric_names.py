@@ -5,7 +5,9 @@ resilience.metric_names."""
 from __future__ import annotations
 
 # Labels: low cardinality only, never an id.
-OUTCOME = "outcome"  # the order's status when the run ended: CONFIRMED, FAILED or PENDING
+# the order's status when the run ended: CONFIRMED, FAILED or PENDING (SAGA_OUTCOMES);
+# what the rate limit did: allowed, limited or redis_unavailable (RATE_LIMIT_DECISIONS)
+OUTCOME = "outcome"
 REASON = "reason"  # order_service.domain.Reason: none, declined, out_of_stock, ... (fixed set)
 
 #: Saga runs by how they left their order (outcome, reason): every order once when it ends
@@ -19,3 +21,7 @@ CREATE_DURATION = "order_create_duration_seconds"
 #: row (GetOrder's attention_reason says which and why). Counted from the order database after
 #: each recovery pass, so every replica sharing it reports the same number. No labels.
 NEEDS_ATTENTION = "order_needs_attention"
+#: CreateOrders of new request_ids by what the per-customer rate limit did (outcome): allowed,
+#: limited (refused with RESOURCE_EXHAUSTED), or redis_unavailable (let through unlimited).
+#: A retry of an accepted request_id is not looked at, so not counted. Never by customer.
+RATE_LIMIT_DECISIONS = "order_rate_limit_decisions_total"

@@ -1,5 +1,5 @@
-"""The order service's own metrics: how sagas end, CreateOrder's latency with exemplars, and the
-orders that need a person.
+"""The order service's own metrics: how sagas end, CreateOrder's latency with exemplars, the
+orders that need a person, and what the per-customer rate limit did.
 
 CreateOrder answers OK whether its saga CONFIRMED the order or FAILED it, so the gRPC codes
 say nothing of a payment service that declines nothing but is down: :class:`SagaOutcomes`
@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from meshkit.method_metrics import MethodDurationInterceptor
 from order_service import metric_names as m
 from order_service.domain import Reason, Status
+from order_service.ratelimit import Outcome
 
 #: The (outcome, reason) pairs a run can end in; each series exists from start-up at 0, so a
 #: ratio over them is 0, not empty, before the first failure.
@@ -56,6 +57,22 @@ class SagaOutcomes:
         series.inc()
 
 
+class RateLimitDecisions:
+    """Counts the rate limit's decisions by outcome; every outcome's series exists from 0."""
+
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
+        counter = Counter(
+            m.RATE_LIMIT_DECISIONS,
+            "CreateOrders of new request_ids by what the per-customer rate limit did",
+            (m.OUTCOME,),
+            registry=registry,
+        )
+        self._series = {outcome: counter.labels(outcome.value) for outcome in Outcome}
+
+    def record(self, outcome: Outcome) -> None:
+        self._series[outcome].inc()
+
+
 def create_duration(registry: CollectorRegistry | None = REGISTRY) -> Histogram:
     return Histogram(
         m.CREATE_DURATION,
@@ -68,6 +85,7 @@ def create_duration(registry: CollectorRegistry | None = REGISTRY) -> Histogram:
 _outcomes: SagaOutcomes | None = None
 _duration: Histogram | None = None
 _attention: Gauge | None = None
+_decisions: RateLimitDecisions | None = None
 _lock = threading.Lock()
 
 
@@ -98,3 +116,12 @@ def needs_attention() -> Gauge:
                 m.NEEDS_ATTENTION, "PENDING orders whose saga needs a person to look at it"
             )
         return _attention
+
+
+def rate_limit_decisions() -> RateLimitDecisions:
+    """The process-wide counter of the rate limit's decisions."""
+    global _decisions
+    with _lock:
+        if _decisions is None:
+            _decisions = RateLimitDecisions()
+        return _decisions

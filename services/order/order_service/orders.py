@@ -2,7 +2,8 @@
 
 Timeline of one request_id, across threads and replicas::
 
-    first:      claim request_id + lease new order_id (one Redis script) -> insert PENDING -> saga
+    first:      customer's rate limit -> claim request_id + lease new order_id (one Redis script)
+                -> insert PENDING -> saga
                 -> answer (the lease is released only if the order is still PENDING)
     duplicate:  finds the row (or the claim) -> same fingerprint? -> waits for the first to finish
                 (bounded by its own deadline) -> answers the same order; else ALREADY_EXISTS
@@ -12,6 +13,13 @@ Timeline of one request_id, across threads and replicas::
 The claim is withdrawn when inventory rejects the lines (nothing is left behind) and when
 SQLite's UNIQUE(request_id) already holds an order for the request, which catches what a Redis
 that lost its keys would let through.
+
+The rate limit charges a request_id the order database does not know yet: a retry of an
+accepted request (a lost answer, a duplicate sent while the saga runs) finds its row, asks for
+nothing new and so is not charged again, and a client that retries as AIP-155 asks it to is
+never refused its own order. A duplicate that comes within the milliseconds between the first's
+claim and its insert is charged once more; a request refused by the limit left nothing behind
+and is charged when it comes back.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from order_service import domain
 from order_service.claims import Claim, Claims
 from order_service.domain import NewOrder, Order, Reason, Status
 from order_service.leases import Lease, Leases
+from order_service.ports import RateLimit
+from order_service.ratelimit import Unlimited
 from order_service.saga import Run, Saga
 from order_service.store import Cursor, DuplicateRequest, OrderStore
 from order_service.stuck import StuckOrders
@@ -51,6 +61,7 @@ class Orders:
         saga: Saga,
         stuck: StuckOrders,
         *,
+        rate_limit: RateLimit | None = None,
         on_outcome: Callable[[Status, Reason], None] = lambda status, reason: None,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -60,6 +71,7 @@ class Orders:
         self._leases = leases
         self._saga = saga
         self._stuck = stuck
+        self._rate_limit = Unlimited() if rate_limit is None else rate_limit
         #: Told how each saga this class runs ended: what CreateOrder answers, PENDING too.
         self._on_outcome = on_outcome
         self._monotonic = monotonic
@@ -71,14 +83,19 @@ class Orders:
         """Runs the saga once per request_id; a duplicate waits up to ``wait_s`` for it."""
         deadline = self._monotonic() + wait_s
         with logs.context(request_id=request.request_id):
+            existing = self._store.by_request_id(request.request_id)
+            if existing is None:
+                self._rate_limit.admit(request.customer_id)
             while True:
-                order = self._create_once(request, deadline)
+                order = self._create_once(request, deadline, existing)
                 if order is not None:
                     return order
+                existing = self._store.by_request_id(request.request_id)
 
-    def _create_once(self, request: NewOrder, deadline: float) -> Order | None:
+    def _create_once(
+        self, request: NewOrder, deadline: float, existing: Order | None
+    ) -> Order | None:
         """The order for this request, or None when the state moved under us: start over."""
-        existing = self._store.by_request_id(request.request_id)
         if existing is not None:
             self._check_same_payload(request, existing.fingerprint, existing.order_id)
             return self._await(Claim(existing.order_id, existing.fingerprint), request, deadline)

@@ -1,7 +1,8 @@
-"""The ports the saga is written against: what it needs from inventory, payment and storage.
+"""The ports the saga and the order use cases are written against: what they need from
+inventory, payment, storage and the per-customer rate limit.
 
-Adapters implement them (``clients`` over gRPC, ``store`` over SQLite, ``leases`` over Redis);
-tests may pass fakes. Nothing here imports grpc.
+Adapters implement them (``clients`` over gRPC, ``store`` over SQLite, ``leases`` and
+``ratelimit`` over Redis); tests may pass fakes. Nothing here imports grpc.
 """
 
 from __future__ import annotations
@@ -75,3 +76,10 @@ class Store(Protocol):
 
 class Lease(Protocol):
     def keep(self) -> bool: ...
+
+
+class RateLimit(Protocol):
+    def admit(self, customer_id: str) -> None:
+        """Returns if the customer may place one more order now; else raises
+        :class:`~meshkit.errors.ResourceExhausted` saying when it may."""
+        ...

@@ -18,8 +18,14 @@ from order_service.claims import Claims
 from order_service.clients import GrpcInventory, GrpcPayments, open_lanes
 from order_service.config import Settings
 from order_service.leases import Leases
-from order_service.metrics import create_duration_interceptor, needs_attention, saga_outcomes
+from order_service.metrics import (
+    create_duration_interceptor,
+    needs_attention,
+    rate_limit_decisions,
+    saga_outcomes,
+)
 from order_service.orders import Orders
+from order_service.ratelimit import rate_limit
 from order_service.recovery import Recovery
 from order_service.saga import Saga
 from order_service.servicer import OrderServicer
@@ -104,7 +110,17 @@ def build_app(settings: Settings) -> OrderApp:
         leases=leases,
         saga=saga,
         stuck=stuck,
-        orders=Orders(store, claims, leases, saga, stuck, on_outcome=outcomes.record),
+        orders=Orders(
+            store,
+            claims,
+            leases,
+            saga,
+            stuck,
+            rate_limit=rate_limit(
+                client, settings.rate_limit, on_outcome=rate_limit_decisions().record
+            ),
+            on_outcome=outcomes.record,
+        ),
         recovery=Recovery(
             store,
             leases,

@@ -1,0 +1,176 @@
+"""The per-customer GCRA script against a real redis-server.
+
+The script reads Redis's own clock, so the tests move time by moving the customer's stored
+theoretical arrival time back: GCRA depends only on how far that is ahead of now, so
+``elapse(d)`` is the same as ``d`` passing. Rates are slow (an order per 100 s), so the real
+time a test takes never lets an order in by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import redis
+
+from meshkit.errors import PUSHBACK_HEADER, ResourceExhausted
+from meshkit.redis_client import connect
+from meshkit.testing import free_port, wait_until
+from order_service.ratelimit import (
+    CustomerRateLimit,
+    Outcome,
+    RateLimitOptions,
+    Unlimited,
+    rate_limit,
+    rate_limit_key,
+)
+
+#: One order per 100 s, after a burst of 3.
+SLOW = RateLimitOptions(per_s=0.01, burst=3)
+INTERVAL_S = 100.0
+
+
+@pytest.fixture
+def client(redis_url: str) -> redis.Redis:
+    return connect(redis_url)
+
+
+def elapse(client: redis.Redis, customer_id: str, seconds: float) -> None:
+    """As if ``seconds`` passed for this customer's limit (its key keeps its TTL)."""
+    key = rate_limit_key(customer_id)
+    tat = client.get(key)
+    assert tat is not None, "nothing to move: the customer has no state"
+    client.set(key, int(tat) - round(seconds * 1_000_000), keepttl=True)
+
+
+def admitted(limit: CustomerRateLimit, customer_id: str) -> bool:
+    try:
+        limit.admit(customer_id)
+    except ResourceExhausted:
+        return False
+    return True
+
+
+def refusal(limit: CustomerRateLimit, customer_id: str) -> ResourceExhausted:
+    with pytest.raises(ResourceExhausted) as refused:
+        limit.admit(customer_id)
+    return refused.value
+
+
+def test_a_burst_then_the_steady_rate(client: redis.Redis) -> None:
+    limit = CustomerRateLimit(client, SLOW)
+    assert [admitted(limit, "alice") for _ in range(4)] == [True, True, True, False]
+    for _ in range(3):  # from then on, one order per interval
+        elapse(client, "alice", INTERVAL_S)
+        assert [admitted(limit, "alice") for _ in range(2)] == [True, False]
+    # A long pause gives back the whole burst, and no more.
+    elapse(client, "alice", 10 * INTERVAL_S)
+    assert [admitted(limit, "alice") for _ in range(4)] == [True, True, True, False]
+
+
+def test_the_retry_after_is_when_the_next_order_fits(client: redis.Redis) -> None:
+    limit = CustomerRateLimit(client, SLOW)
+    for _ in range(3):
+        limit.admit("alice")
+
+    refused = refusal(limit, "alice")
+    # The first of the burst has a full interval to go, less the test's own time.
+    assert INTERVAL_S - 5 < refused.retry_after_ms / 1000 <= INTERVAL_S
+    assert refused.trailing_metadata() == ((PUSHBACK_HEADER, str(refused.retry_after_ms)),)
+    assert refused.message == (
+        "customer 'alice' is over the order rate limit (0.01 orders/s per customer, bursts"
+        f" of 3); try again in {refused.retry_after_ms} ms"
+    )
+
+    elapse(client, "alice", refused.retry_after_ms / 1000 - INTERVAL_S / 2)
+    halfway = refusal(limit, "alice")  # a refusal costs nothing: the wait only shrank
+    assert 0 < halfway.retry_after_ms <= INTERVAL_S / 2 * 1000
+    elapse(client, "alice", halfway.retry_after_ms / 1000)
+    assert admitted(limit, "alice")
+
+
+def test_customers_are_limited_apart(client: redis.Redis) -> None:
+    limit = CustomerRateLimit(client, SLOW)
+    for _ in range(3):
+        limit.admit("alice")
+    assert not admitted(limit, "alice")
+    assert [admitted(limit, "bob") for _ in range(4)] == [True, True, True, False]
+    assert sorted(client.keys("order:ratelimit:*")) == [
+        b"order:ratelimit:{alice}",
+        b"order:ratelimit:{bob}",
+    ]
+
+
+def test_the_key_lives_until_the_customer_is_back_at_a_full_burst(client: redis.Redis) -> None:
+    limit = CustomerRateLimit(client, SLOW)
+    key = rate_limit_key("alice")
+    for placed in range(1, 4):
+        limit.admit("alice")
+        term_ms = placed * INTERVAL_S * 1000
+        assert term_ms - 5_000 < client.pttl(key) <= term_ms
+    ttl_ms = client.pttl(key)
+    refusal(limit, "alice")
+    assert client.pttl(key) <= ttl_ms  # a refusal writes nothing
+
+    fast = CustomerRateLimit(client, RateLimitOptions(per_s=1000, burst=2))
+    fast.admit("bob")
+    # Idle for 1 ms, bob is back at a full burst, and his key is gone.
+    wait_until(lambda: not client.exists(rate_limit_key("bob")), timeout_s=5, what="expiry")
+
+
+def test_the_key_carries_the_customer_as_a_hash_tag() -> None:
+    assert rate_limit_key("alice") == "order:ratelimit:{alice}"
+
+
+def test_while_redis_is_down_orders_go_through_counted_and_logged_every_so_often(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    outcomes: list[Outcome] = []
+    gone = connect(f"redis://127.0.0.1:{free_port()}/0")
+    limit = CustomerRateLimit(
+        gone, SLOW, on_outcome=outcomes.append, monotonic=lambda: now[0], outage_log_every_s=10
+    )
+
+    with caplog.at_level(logging.WARNING, logger="order_service.ratelimit"):
+        for _ in range(5):
+            limit.admit("alice")
+        now[0] += 10
+        limit.admit("alice")
+
+    assert outcomes == [Outcome.REDIS_UNAVAILABLE] * 6
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2
+    assert lines[0].startswith("rate limit not applied: redis unavailable (ConnectionError")
+    assert lines[0].endswith("; 0 more orders let through unlimited since the last such line")
+    assert lines[1].endswith("; 4 more orders let through unlimited since the last such line")
+
+
+def test_each_decision_is_reported(client: redis.Redis) -> None:
+    outcomes: list[Outcome] = []
+    limit = CustomerRateLimit(client, SLOW, on_outcome=outcomes.append)
+    for _ in range(4):
+        admitted(limit, "alice")
+    assert outcomes == [Outcome.ALLOWED] * 3 + [Outcome.LIMITED]
+
+
+def test_a_rate_of_zero_is_no_limit_and_no_redis_call(client: redis.Redis) -> None:
+    off = rate_limit(client, RateLimitOptions(per_s=0))
+    assert isinstance(off, Unlimited)
+    for _ in range(100):
+        off.admit("alice")
+    assert not client.exists(rate_limit_key("alice"))
+    with pytest.raises(ValueError, match="use Unlimited"):
+        CustomerRateLimit(client, RateLimitOptions(per_s=0))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"per_s": -1}, "per_s must be in 0..1000000, got -1"),
+        ({"per_s": 1, "burst": 0}, "burst must be >= 1, got 0"),
+    ],
+)
+def test_bad_options_are_refused(options: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RateLimitOptions(**options)  # type: ignore[arg-type]  # int and float fields
