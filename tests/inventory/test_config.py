@@ -33,6 +33,8 @@ def test_overrides(tmp_path: Path) -> None:
             "REDIS_URL": "redis://127.0.0.1:7000/1",
             "INVENTORY_SEED_STOCK": "10",
             "INVENTORY_CACHE_TTL_S": "5",
+            "INVENTORY_CACHE_NEGATIVE_TTL_S": "0.5",
+            "INVENTORY_CACHE_REDIS_TIMEOUT_MS": "20",
         }
     )
     assert (settings.host, settings.port, settings.metrics_port) == ("0.0.0.0", 6000, 6001)
@@ -42,6 +44,7 @@ def test_overrides(tmp_path: Path) -> None:
         10,
         5,
     )
+    assert (settings.cache_negative_ttl_s, settings.cache_redis_timeout_ms) == (0.5, 20)
 
 
 @pytest.mark.parametrize(
@@ -51,6 +54,8 @@ def test_overrides(tmp_path: Path) -> None:
         ("INVENTORY_METRICS_PORT", "x"),
         ("INVENTORY_SEED_STOCK", "-1"),
         ("INVENTORY_CACHE_TTL_S", "0"),
+        ("INVENTORY_CACHE_NEGATIVE_TTL_S", "0"),
+        ("INVENTORY_CACHE_REDIS_TIMEOUT_MS", "0"),
         ("REDIS_URL", "http://127.0.0.1"),
     ],
 )

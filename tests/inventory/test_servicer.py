@@ -270,7 +270,7 @@ def test_get_item_is_cached_in_redis_and_invalidated_by_reserve_and_release(
 ) -> None:
     assert inventory.available("SKU-0007") == 100
     client = redis.Redis.from_url(inventory.settings.redis_url)
-    assert client.keys("inventory:cache:*:item:SKU-0007"), "the read left a cache entry"
+    assert client.exists("inventory:cache:{item:SKU-0007}:entry"), "the read left a cache entry"
     with sqlite3.connect(inventory.settings.db_path) as conn:
         conn.execute("UPDATE items SET available = 90 WHERE sku = 'SKU-0007'")
     assert inventory.available("SKU-0007") == 100, "served from the cache"

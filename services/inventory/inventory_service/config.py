@@ -25,17 +25,38 @@ SEED_STOCK = settings.integer(
     hi=1_000_000,
     doc="stock of every SKU in a new catalog (24 SKUs, SKU-0001...)",
 )
-#: Short enough that an invalidation lost while Redis was unreachable heals quickly.
+#: Writes drop exactly the entries they change, so this bounds only what a write made while
+#: Redis was out of this process's reach could leave; each TTL is jittered by 15%.
 CACHE_TTL_S = settings.integer(
     "INVENTORY_CACHE_TTL_S",
     30,
     lo=1,
     hi=86_400,
-    doc="lifetime of a cached GetItem/ListItems answer",
+    doc="lifetime of a cached GetItem/ListItems answer (±15%)",
 )
-#: So a dead Redis costs one timeout, not one per call.
+CACHE_NEGATIVE_TTL_S = settings.number(
+    "INVENTORY_CACHE_NEGATIVE_TTL_S",
+    5.0,
+    lo=0.1,
+    hi=3600,
+    doc='lifetime of a cached "no such SKU" (±15%)',
+)
+#: A GetItem from SQLite takes well under a millisecond: a Redis call that takes longer than
+#: this costs more than it saves, and opens the breaker.
+CACHE_REDIS_TIMEOUT_MS = settings.integer(
+    "INVENTORY_CACHE_REDIS_TIMEOUT_MS",
+    50,
+    lo=1,
+    hi=5000,
+    doc="socket timeout of the cache's Redis calls (no retries)",
+)
+#: So a dead Redis costs one timeout, not one per call; doubles up to 30 s while it stays down.
 REDIS_BACKOFF_S = settings.number(
-    "INVENTORY_REDIS_BACKOFF_S", 2.0, lo=0, hi=60, doc="after a Redis error, reads skip the cache"
+    "INVENTORY_REDIS_BACKOFF_S",
+    2.0,
+    lo=0.01,
+    hi=60,
+    doc="after a Redis error, reads skip the cache (then one probe)",
 )
 DB_FILENAME = "inventory.db"
 
@@ -52,6 +73,8 @@ class Settings:
     redis_url: str = settings.REDIS_URL.field()
     seed_stock: int = SEED_STOCK.field()
     cache_ttl_s: int = CACHE_TTL_S.field()
+    cache_negative_ttl_s: float = CACHE_NEGATIVE_TTL_S.field()
+    cache_redis_timeout_ms: int = CACHE_REDIS_TIMEOUT_MS.field()
     redis_backoff_s: float = REDIS_BACKOFF_S.field()
     #: Serve only mTLS, as spiffe://mesh.local/inventory; None serves plaintext (MESH_MTLS=0).
     tls: WorkloadTls | None = None

@@ -67,6 +67,14 @@ class Item:
 
 
 @dataclass(frozen=True, slots=True)
+class ItemsChanged:
+    """A committed write: the SKUs whose item it changed; ``created``: some are new."""
+
+    skus: frozenset[str]
+    created: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Line:
     sku: str
     quantity: int

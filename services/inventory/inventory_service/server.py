@@ -1,16 +1,41 @@
-"""Wires the inventory store and servicer into a meshkit server."""
+"""Wires the inventory store, its read cache and the servicer into a meshkit server."""
 
 from __future__ import annotations
 
-from inventory_service.cache import ItemCache
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from inventory_service.cache import CacheOptions, ItemCache, redis_breaker
 from inventory_service.config import Settings
 from inventory_service.domain import CATALOG
+from inventory_service.metrics import cache_metrics
 from inventory_service.servicer import SERVICE_NAME, InventoryServicer
 from inventory_service.store import SCHEMA, InventoryStore
 from mesh.inventory.v1 import inventory_pb2_grpc
-from meshkit import redis_client
 from meshkit.server import RunningServer, ServerOptions, build_server
 from meshkit.sqlite import Database
+
+
+def cache_client(url: str, timeout_s: float) -> redis.Redis:
+    """The cache's own client, not meshkit.redis_client's: a read cache waits far less than
+    0.5 s for Redis, and never retries (redis-py retries a timeout 3 times by default): the
+    cache's breaker decides when Redis is worth another try."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=30,
+    )
+
+
+def cache_options(settings: Settings) -> CacheOptions:
+    return CacheOptions(
+        ttl_s=settings.cache_ttl_s,
+        negative_ttl_s=settings.cache_negative_ttl_s,
+        breaker=redis_breaker(settings.redis_backoff_s),
+    )
 
 
 def serve(settings: Settings) -> RunningServer:
@@ -20,13 +45,14 @@ def serve(settings: Settings) -> RunningServer:
     keep working without it.
     """
     db = Database(settings.db_path, SCHEMA)
-    redis = redis_client.connect(settings.redis_url)
-    cache = ItemCache(redis, ttl_s=settings.cache_ttl_s, backoff_s=settings.redis_backoff_s)
-    store = InventoryStore(db, cache)
+    store = InventoryStore(db)
     store.seed(CATALOG, settings.seed_stock)
+    client = cache_client(settings.redis_url, settings.cache_redis_timeout_ms / 1000)
+    cache = ItemCache(client, store, options=cache_options(settings), metrics=cache_metrics())
+    store.on_change.append(cache.invalidate)
     # Another process may have changed the file while we were down: never trust older entries.
-    cache.invalidate()
-    servicer = InventoryServicer(store)
+    cache.invalidate_all()
+    servicer = InventoryServicer(store, cache)
     running = build_server(
         ServerOptions.of(settings),
         service_names=[SERVICE_NAME],
@@ -37,5 +63,5 @@ def serve(settings: Settings) -> RunningServer:
         ],
         checks={"sqlite": db.ping},
     )
-    running.on_stop.append(redis.close)
+    running.on_stop.append(client.close)
     return running

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import grpc
 
 from inventory_service import domain
-from inventory_service.domain import CURRENCY, Item, Reservation, ReservationState
+from inventory_service.domain import CURRENCY, Item, PageQuery, Reservation, ReservationState
 from inventory_service.store import InventoryStore
 from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
@@ -46,15 +48,24 @@ def reservation_to_proto(reservation: Reservation) -> inventory_pb2.Reservation:
     )
 
 
+class ItemReads(Protocol):
+    """Where GetItem and ListItems read: the cache, or the store itself."""
+
+    def get_item(self, sku: str) -> Item | None: ...
+
+    def list_items(self, query: PageQuery) -> tuple[list[Item], bool]: ...
+
+
 class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
-    def __init__(self, store: InventoryStore) -> None:
+    def __init__(self, store: InventoryStore, reads: ItemReads | None = None) -> None:
         self._store = store
+        self._reads: ItemReads = reads or store
 
     def GetItem(  # noqa: N802  the generated servicer's method name
         self, request: inventory_pb2.GetItemRequest, context: grpc.ServicerContext
     ) -> inventory_pb2.Item:
         sku = domain.parse_sku(request.sku)
-        item = self._store.get_item(sku)
+        item = self._reads.get_item(sku)
         if item is None:
             raise NotFound(f"item {sku} not found")
         return item_to_proto(item)
@@ -63,7 +74,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         self, request: inventory_pb2.ListItemsRequest, context: grpc.ServicerContext
     ) -> inventory_pb2.ListItemsResponse:
         query = domain.parse_page(request.page_size, request.page_token)
-        items, more = self._store.list_items(query)
+        items, more = self._reads.list_items(query)
         return inventory_pb2.ListItemsResponse(
             items=[item_to_proto(item) for item in items],
             next_page_token=domain.next_page_token(items[-1].sku) if more and items else "",

@@ -1,8 +1,8 @@
-"""Inventory persistence in SQLite, the truth; item reads may go through the Redis cache.
+"""Inventory persistence in SQLite, the truth. No Redis here: the read cache sits in front.
 
-Stock changes (Reserve, Release) run in one ``BEGIN IMMEDIATE`` transaction each and
-never read the cache. After a change commits, the cache is told, so every cached read
-taken before it is unreachable (see :class:`inventory_service.cache.ItemCache`).
+Stock changes (Reserve, Release) and new SKUs run in one ``BEGIN IMMEDIATE`` transaction each.
+After one commits, the SKUs it changed go to every ``on_change`` listener (the cache drops
+exactly those; see :class:`inventory_service.cache.ItemCache`).
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Literal
 
 from inventory_service import domain
-from inventory_service.cache import ItemCache
 from inventory_service.domain import (
     CatalogEntry,
     Item,
+    ItemsChanged,
     Line,
     PageQuery,
     Reservation,
@@ -73,61 +73,54 @@ _SELECT_RESERVATION = {
 
 
 class InventoryStore:
-    """Items and reservations in SQLite, with an optional cache in front of item reads."""
+    """Items and reservations in SQLite; ``on_change`` hears of every committed item change."""
 
-    def __init__(
-        self,
-        db: Database,
-        cache: ItemCache | None = None,
-        *,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
         self._db = db
-        self._cache = cache
         self._clock = clock
+        self.on_change: list[Callable[[ItemsChanged], None]] = []
 
     def seed(self, catalog: tuple[CatalogEntry, ...], stock: int) -> int:
         """Adds catalog SKUs that are missing with ``stock`` units; existing stock is kept."""
+        created: list[str] = []
         with self._db.write() as conn:
-            inserted = 0
             for entry in catalog:
                 cursor = conn.execute(
                     "INSERT OR IGNORE INTO items (sku, name, price_minor, available)"
                     " VALUES (?, ?, ?, ?)",
                     (entry.sku, entry.name, entry.price_minor, stock),
                 )
-                inserted += cursor.rowcount
-        if inserted:
-            self._stock_changed()
-        return inserted
+                if cursor.rowcount:
+                    created.append(entry.sku)
+        if created:
+            self._changed(created, created=True)
+        return len(created)
 
-    # --- reads (cached) -----------------------------------------------------------------------
+    # --- reads --------------------------------------------------------------------------------
 
     def get_item(self, sku: str) -> Item | None:
-        raw = self._read_through(f"item:{sku}", lambda: self._load_item(sku))
-        return None if raw is None else Item(**raw)
-
-    def list_items(self, query: PageQuery) -> tuple[list[Item], bool]:
-        """One page in SKU order, and whether more items follow it."""
-        raw = self._read_through(
-            f"items:{query.after}:{query.size}", lambda: self._load_page(query)
-        )
-        return [Item(**item) for item in raw["items"]], bool(raw["more"])
-
-    def _read_through(self, entry: str, load: Callable[[], Any]) -> Any:
-        if self._cache is None:
-            return load()
-        return self._cache.read_through(entry, load)
-
-    def _load_item(self, sku: str) -> dict[str, Any] | None:
         row = (
             self._db.read()
             .execute("SELECT sku, name, price_minor, available FROM items WHERE sku = ?", (sku,))
             .fetchone()
         )
-        return None if row is None else dict(row)
+        return None if row is None else Item(**dict(row))
 
-    def _load_page(self, query: PageQuery) -> dict[str, Any]:
+    def get_items(self, skus: Collection[str]) -> dict[str, Item]:
+        """The items of those ``skus`` that exist, in one query."""
+        rows = (
+            self._db.read()
+            .execute(
+                "SELECT sku, name, price_minor, available FROM items"
+                " WHERE sku IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(skus)),),
+            )
+            .fetchall()
+        )
+        return {row["sku"]: Item(**dict(row)) for row in rows}
+
+    def list_items(self, query: PageQuery) -> tuple[list[Item], bool]:
+        """One page in SKU order, and whether more items follow it."""
         rows = (
             self._db.read()
             .execute(
@@ -137,9 +130,12 @@ class InventoryStore:
             )
             .fetchall()
         )
-        return {"items": [dict(row) for row in rows[: query.size]], "more": len(rows) > query.size}
+        return [Item(**dict(row)) for row in rows[: query.size]], len(rows) > query.size
 
-    # --- stock changes (never cached) ---------------------------------------------------------
+    def all_skus(self) -> list[str]:
+        return [row[0] for row in self._db.read().execute("SELECT sku FROM items").fetchall()]
+
+    # --- stock changes ------------------------------------------------------------------------
 
     def reserve(self, command: ReserveCommand) -> Reservation:
         """Holds every line or none; the same order_id returns its existing reservation."""
@@ -189,7 +185,7 @@ class InventoryStore:
                 reservation = self._hold(conn, command, rows)
         if out_of_stock is not None:
             raise out_of_stock  # after the refusal has committed
-        self._stock_changed()
+        self._changed(skus)
         return reservation
 
     def _hold(
@@ -241,12 +237,13 @@ class InventoryStore:
                     [(line.quantity, line.sku) for line in current.lines],
                 )
         if restock:
-            self._stock_changed()
+            self._changed([line.sku for line in current.lines])
         return replace(current, state=state)
 
-    def _stock_changed(self) -> None:
-        if self._cache is not None:
-            self._cache.invalidate()
+    def _changed(self, skus: Collection[str], *, created: bool = False) -> None:
+        change = ItemsChanged(frozenset(skus), created)
+        for listener in self.on_change:
+            listener(change)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
