@@ -14,6 +14,7 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
@@ -279,6 +280,11 @@ def test_the_resource_names_the_service_and_the_environment_overrides_it(
     assert payment.provider.resource.attributes["service.name"] == "payment"
     assert payment.provider.resource.attributes["service.version"] == "v2"
     assert payment.provider.resource.attributes["deployment.environment.name"] == "test"
+
+    # Hashed once, and still the resource it was made from (the encoder groups spans by it).
+    plain = Resource(dict(payment.provider.resource.attributes))
+    assert payment.provider.resource == plain
+    assert hash(payment.provider.resource) == hash(plain)
 
     monkeypatch.setenv("OTEL_SERVICE_NAME", "payment-canary")
     renamed = tracing.configure("payment")

@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
@@ -25,6 +26,19 @@ QUIETED_LOGGERS = {
     "opentelemetry.exporter.otlp.proto.grpc.exporter": logging.CRITICAL,
     "opentelemetry.sdk._shared_internal": logging.ERROR,
 }
+
+
+class HashedResource(Resource):
+    """A resource that works out its hash once. The OTLP encoder groups a batch's spans by
+    their resource, a dict lookup per span, and Resource hashes by JSON-encoding its attributes
+    each time: 6% of the order service's GIL time with every trace sampled."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 class ReportingExporter(SpanExporter):

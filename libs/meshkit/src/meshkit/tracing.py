@@ -143,12 +143,12 @@ def configure(service: str, *, version: str | None = None) -> Tracing | None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    from meshkit._trace_export import ReportingExporter
+    from meshkit._trace_export import HashedResource, ReportingExporter
 
     defaults: dict[str, str] = {SERVICE_NAME: service}
     if version is not None:
         defaults[SERVICE_VERSION] = version
-    resource = Resource.create(defaults).merge(OTELResourceDetector().detect())
+    resource = HashedResource(Resource.create(defaults).merge(OTELResourceDetector().detect()))
     # shutdown_on_exit=False: start() registers Tracing.shutdown, which skips a collector that
     # is known to be away instead of waiting on it.
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)
