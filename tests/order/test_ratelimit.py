@@ -78,7 +78,7 @@ def test_the_retry_after_is_when_the_next_order_fits(client: redis.Redis) -> Non
     assert INTERVAL_S - 5 < refused.retry_after_ms / 1000 <= INTERVAL_S
     assert refused.trailing_metadata() == ((PUSHBACK_HEADER, str(refused.retry_after_ms)),)
     assert refused.message == (
-        "customer 'alice' is over the order rate limit (0.01 orders/s per customer, bursts"
+        "customer 'alice' is over the order rate limit (0.01/s per customer, bursts"
         f" of 3); try again in {refused.retry_after_ms} ms"
     )
 

@@ -75,16 +75,16 @@ def test_a_create_order_costs_the_order_service_two_redis_round_trips(
 
     assert placed.status == CONFIRMED
     # The order service's two scripts, the customer's rate limit (time, get, set) and the
-    # claim + lease (get, set, set), and inventory's cache bump after Reserve (exists, incr).
-    # The finished order's lease is left to expire.
+    # claim + lease (get, set, set), and inventory's drop of the SKU's cached entry after
+    # Reserve (del). The finished order's lease is left to expire.
     assert spent == {
-        "evalsha": 3,
+        "evalsha": 2,
         "time": 1,
         "get": 2,
         "set": 3,
-        "exists": 1,
-        "incr": 1,
-        "del": 0,
+        "exists": 0,
+        "incr": 0,
+        "del": 1,
     }
     assert 0 < client.pttl(lease_key(placed.order_id)) <= order.settings.lease_ms
 
@@ -295,7 +295,7 @@ def test_a_customer_over_the_rate_limit_is_refused_with_retry_info_and_others_ar
     pushback_ms = int(dict(error.trailing_metadata())[PUSHBACK_HEADER])
     assert 90_000 < pushback_ms <= 100_000  # the first of the burst is a full interval away
     assert error.details() == (
-        "customer 'cust-busy' is over the order rate limit (0.01 orders/s per customer,"
+        "customer 'cust-busy' is over the order rate limit (0.01/s per customer,"
         f" bursts of 2); try again in {pushback_ms} ms"
     )
     status = rpc_status.from_call(error)

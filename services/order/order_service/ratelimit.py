@@ -110,7 +110,7 @@ class RateLimitOptions:
         return self.interval_us * (self.burst - 1)
 
     def describe(self) -> str:
-        return f"{self.per_s:g} orders/s per customer, bursts of {self.burst}"
+        return f"{self.per_s:g}/s per customer, bursts of {self.burst}"
 
 
 class Unlimited:

@@ -1,0 +1,106 @@
+"""What the per-customer rate limit costs a CreateOrder: its script's round trip next to a plain
+Redis round trip, in interleaved blocks against one private redis-server.
+
+* ping: ``PING``, the bare round trip (the baseline);
+* get: ``GET`` of a customer's key, a one-key read;
+* admit: ``CustomerRateLimit.admit`` letting an order in (``TIME``, ``GET``, ``SET PX``);
+* refuse: ``admit`` of a customer over the limit (the script reads and writes nothing), and the
+  ``ResourceExhausted`` it raises.
+
+Reported: median and p99 latency per call seen by the client, and Redis's own time per call
+(``INFO commandstats``, usec_per_call) for the script and for GET.
+
+    python -m bench rate-limit [--rounds N] [--calls N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+from collections.abc import Callable
+
+import redis
+
+from meshkit.errors import ResourceExhausted
+from meshkit.redis_client import connect
+from meshkit.testing import redis_server
+from order_service.ratelimit import CustomerRateLimit, RateLimitOptions
+
+VARIANTS = ("ping", "get", "admit", "refuse")
+
+
+def _variants(client: redis.Redis) -> dict[str, Callable[[], object]]:
+    # A rate no loop reaches: every admit is let in, and each call is a new customer's anyway.
+    open_limit = CustomerRateLimit(client, RateLimitOptions(per_s=1_000_000, burst=1_000_000))
+    closed = CustomerRateLimit(client, RateLimitOptions(per_s=0.001, burst=1))
+    closed.admit("cust-over")
+    customers = (f"cust-{n}" for n in itertools.count())
+
+    def refuse() -> None:
+        try:
+            closed.admit("cust-over")
+        except ResourceExhausted:
+            return
+        raise AssertionError("an order over the limit was let in")
+
+    return {
+        "ping": client.ping,
+        "get": lambda: client.get("order:ratelimit:{cust-0}"),
+        "admit": lambda: open_limit.admit(next(customers)),
+        "refuse": refuse,
+    }
+
+
+def _block(call: Callable[[], object], calls: int) -> list[float]:
+    took = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        took.append(time.perf_counter() - start)
+    return took
+
+
+def _server_usec(client: redis.Redis) -> dict[str, float]:
+    stats = client.info("commandstats")
+    return {
+        name: float(stats[f"cmdstat_{name}"]["usec_per_call"])
+        for name in ("evalsha", "get", "ping")
+        if f"cmdstat_{name}" in stats
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench rate-limit")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--calls", type=int, default=2_000, help="calls per variant per round")
+    args = parser.parse_args()
+    with redis_server() as server:
+        client = connect(server.url)
+        variants = _variants(client)
+        for call in variants.values():  # warm up: connection, script cache
+            _block(call, 200)
+        client.config_resetstat()
+        seen: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        orders = list(itertools.permutations(VARIANTS))
+        for r in range(args.rounds):
+            for name in orders[r % len(orders)]:
+                seen[name] += _block(variants[name], args.calls)
+        server_usec = _server_usec(client)
+        client.close()
+
+    base = statistics.median(seen["ping"])
+    print(f"{'variant':<8} {'median us':>10} {'p99 us':>8} {'x ping':>7}")
+    for name in VARIANTS:
+        took = sorted(seen[name])
+        median = statistics.median(took)
+        p99 = took[int(len(took) * 0.99)]
+        print(f"{name:<8} {median * 1e6:>10.1f} {p99 * 1e6:>8.1f} {median / base:>7.2f}")
+    print("redis-server's own time per call (usec_per_call):")
+    for name, usec in server_usec.items():
+        print(f"  {name:<8} {usec:.2f}")
+
+
+if __name__ == "__main__":
+    main()
