@@ -14,6 +14,7 @@ BENCHMARKS = {
     "resilience": "bench.resilience_bench",
     "server-model": "bench.server_model_bench",
     "recovery": "bench.recovery_bench",
+    "cache": "bench.cache_bench",
     "rate-limit": "bench.ratelimit_bench",
 }
 

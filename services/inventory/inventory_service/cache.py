@@ -31,9 +31,9 @@ stores that raced it, as the lease does for an item.
 tag (``{item:SKU-0001}``, ``{items}``).
 
 **Redis down or hung**: the cache's client has short timeouts and no retries, behind a breaker
-(resilience.Breaker) that a failure opens: Redis is then skipped, reads come from SQLite, and one
-probe at a time tries it again after ``breaker.reset_timeout``, doubling while it fails. A write
-whose deletion could not be made is owed, and paid before the cache is read again.
+(resilience.Breaker) that 3 failures in a row open: Redis is then skipped, reads come from
+SQLite, and one probe at a time tries it again after ``breaker.reset_timeout``, doubling while it
+fails. A write whose deletion could not be made is owed, and paid before the cache is read again.
 """
 
 from __future__ import annotations
@@ -81,14 +81,17 @@ DEFAULT_LEASE_S = 1.0
 DEFAULT_WAIT_S = 0.2
 DEFAULT_POLL_S = 0.005
 MAX_REDIS_BACKOFF_S = 30.0
+REDIS_FAILURES_TO_OPEN = 3
 
 
 def redis_breaker(backoff_s: float) -> BreakerOptions:
-    """Opened by one failure: a Redis call that failed or timed out costs more than the SQLite
-    read it was meant to save, so the next ones go straight to SQLite; one probe ``backoff_s``
-    later, the interval doubling up to 30 s while Redis stays down."""
+    """Opened by 3 failures in a row: a Redis call that fails or times out costs more than the
+    SQLite read it was meant to save, so the next ones go straight to SQLite; one probe
+    ``backoff_s`` later, the interval doubling up to 30 s while Redis stays down. Not by one: on
+    a starved machine a single slow reply is no outage, and an open breaker lets every miss
+    through to SQLite."""
     return BreakerOptions(
-        trip=ConsecutiveFailures(threshold=1),
+        trip=ConsecutiveFailures(threshold=REDIS_FAILURES_TO_OPEN),
         reset_timeout=backoff_s,
         max_reset_timeout=max(backoff_s, MAX_REDIS_BACKOFF_S),
     )

@@ -25,6 +25,9 @@ SEED_STOCK = settings.integer(
     hi=1_000_000,
     doc="stock of every SKU in a new catalog (24 SKUs, SKU-0001...)",
 )
+CACHE = settings.flag(
+    "INVENTORY_CACHE", True, doc="read GetItem/ListItems through the Redis cache (0: SQLite only)"
+)
 #: Writes drop exactly the entries they change, so this bounds only what a write made while
 #: Redis was out of this process's reach could leave; each TTL is jittered by 15%.
 CACHE_TTL_S = settings.integer(
@@ -41,11 +44,12 @@ CACHE_NEGATIVE_TTL_S = settings.number(
     hi=3600,
     doc='lifetime of a cached "no such SKU" (±15%)',
 )
-#: A GetItem from SQLite takes well under a millisecond: a Redis call that takes longer than
-#: this costs more than it saves, and opens the breaker.
+#: A GetItem from SQLite takes well under a millisecond, so a Redis call this slow has failed
+#: (three in a row open the breaker). 50 ms was measured to trip it on a starved 2-core machine
+#: (load average 20: `python -m bench cache`), which let every miss through to SQLite.
 CACHE_REDIS_TIMEOUT_MS = settings.integer(
     "INVENTORY_CACHE_REDIS_TIMEOUT_MS",
-    50,
+    100,
     lo=1,
     hi=5000,
     doc="socket timeout of the cache's Redis calls (no retries)",
@@ -72,6 +76,7 @@ class Settings:
     data_dir: Path = settings.DATA_DIR.required()
     redis_url: str = settings.REDIS_URL.field()
     seed_stock: int = SEED_STOCK.field()
+    cache: bool = CACHE.field()
     cache_ttl_s: int = CACHE_TTL_S.field()
     cache_negative_ttl_s: float = CACHE_NEGATIVE_TTL_S.field()
     cache_redis_timeout_ms: int = CACHE_REDIS_TIMEOUT_MS.field()

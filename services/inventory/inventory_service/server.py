@@ -47,12 +47,15 @@ def serve(settings: Settings) -> RunningServer:
     db = Database(settings.db_path, SCHEMA)
     store = InventoryStore(db)
     store.seed(CATALOG, settings.seed_stock)
-    client = cache_client(settings.redis_url, settings.cache_redis_timeout_ms / 1000)
-    cache = ItemCache(client, store, options=cache_options(settings), metrics=cache_metrics())
-    store.on_change.append(cache.invalidate)
-    # Another process may have changed the file while we were down: never trust older entries.
-    cache.invalidate_all()
-    servicer = InventoryServicer(store, cache)
+    servicer = InventoryServicer(store)
+    client: redis.Redis | None = None
+    if settings.cache:
+        client = cache_client(settings.redis_url, settings.cache_redis_timeout_ms / 1000)
+        cache = ItemCache(client, store, options=cache_options(settings), metrics=cache_metrics())
+        store.on_change.append(cache.invalidate)
+        # Another process may have changed the file while we were down: never trust older entries.
+        cache.invalidate_all()
+        servicer = InventoryServicer(store, cache)
     running = build_server(
         ServerOptions.of(settings),
         service_names=[SERVICE_NAME],
@@ -63,5 +66,6 @@ def serve(settings: Settings) -> RunningServer:
         ],
         checks={"sqlite": db.ping},
     )
-    running.on_stop.append(client.close)
+    if client is not None:
+        running.on_stop.append(client.close)
     return running
