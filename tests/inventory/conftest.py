@@ -26,6 +26,8 @@ def start_inventory(tmp_path: Path, redis_url: str) -> Iterator[StartInventory]:
             "metrics_port": None,
             "data_dir": tmp_path / "data",
             "redis_url": redis_url,
+            # A slow reply on a busy test machine would skip the cache the tests look at.
+            "cache_redis_timeout_ms": 2000,
         }
         options.update(overrides)
         settings = Settings(**options)

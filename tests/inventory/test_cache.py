@@ -29,6 +29,9 @@ from meshkit.testing import RedisServer, redis_server, wait_until
 from resilience.testing import FakeClock, ScriptedRng
 
 OPTIONS = CacheOptions(ttl_s=30, negative_ttl_s=5, jitter=0.15, stale_s=5)
+#: Generous, so a slow reply on a busy machine is no failure: only the hung Redis times out.
+TIMEOUT_S = 5.0
+HUNG_TIMEOUT_S = 0.25
 
 
 class CountingCatalog:
@@ -65,13 +68,15 @@ class CountingCatalog:
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, url: str, **kwargs: object) -> None:
+    def __init__(
+        self, tmp_path: Path, url: str, timeout_s: float = TIMEOUT_S, **kwargs: object
+    ) -> None:
         self.db = Database(tmp_path / "inventory.db", SCHEMA)
         self.store = InventoryStore(self.db)
         self.store.seed(CATALOG[:3], 5)
         self.catalog = CountingCatalog(self.store)
         self.registry = CollectorRegistry()
-        self.client = cache_client(url, 0.05)
+        self.client = cache_client(url, timeout_s)
         options = kwargs.pop("options", OPTIONS)
         assert isinstance(options, CacheOptions)
         self.cache = ItemCache(
@@ -341,7 +346,7 @@ def test_a_hung_redis_costs_one_timeout_then_reads_come_from_sqlite(
     tmp_path: Path, own_redis: RedisServer
 ) -> None:
     clock = FakeClock()
-    harness = Harness(tmp_path, own_redis.url, clock=clock)
+    harness = Harness(tmp_path, own_redis.url, HUNG_TIMEOUT_S, clock=clock)
     assert harness.available("SKU-0001") == 5
     own_redis.process.send_signal(signal.SIGSTOP)  # hung: connections accepted, never answered
     try:
@@ -368,7 +373,7 @@ def test_a_dead_redis_is_skipped_and_used_again_once_back(tmp_path: Path) -> Non
     clock = FakeClock()
     with redis_server() as server:
         port = server.port
-        harness = Harness(tmp_path, server.url, clock=clock)
+        harness = Harness(tmp_path, server.url, HUNG_TIMEOUT_S, clock=clock)
         assert harness.available("SKU-0002") == 5
     # stopped: connections refused
     assert [harness.available("SKU-0002") for _ in range(200)] == [5] * 200

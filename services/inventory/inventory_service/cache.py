@@ -623,6 +623,9 @@ class ItemCache:
             self._metrics.redis_error(operation)
             _log.debug("redis cache %s failed: %s", operation, error)
             raise _Unavailable from error
+        except BaseException:
+            self._breaker.record(probe, None)  # no verdict on Redis, but a probe must end
+            raise
         self._breaker.record(probe, False)
         return result
 
