@@ -68,9 +68,9 @@ def open_lanes(
 
     Every outbound channel is made here, and every one runs the resilience pipeline: bulkhead,
     deadline, retry with budget, circuit breaker, per-attempt timeout (libs/resilience). When
-    tracing is on, each call is a span with one child per attempt, over that attempt's CLIENT
-    span from the traced channel the pipeline wraps. The compensations lane's metrics carry
-    the target ``<target>-compensations``.
+    tracing is on, each call is a span with a CLIENT span per attempt under it, whose context
+    the channel the pipeline wraps sends as the request's traceparent. The compensations
+    lane's metrics carry the target ``<target>-compensations``.
     """
     connection = (
         grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
