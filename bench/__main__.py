@@ -1,7 +1,7 @@
 """``make bench``: every benchmark, each printing a table next to a same-run baseline.
 
-``python -m bench mesh`` (or ``resilience``, ``server-model``, ``recovery``) runs one; extra
-arguments pass through.
+``python -m bench mesh`` (or ``resilience``, ``server-model``, ``recovery``, ``faults``) runs one;
+extra arguments pass through.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ BENCHMARKS = {
     "recovery": "bench.recovery_bench",
     "cache": "bench.cache_bench",
     "rate-limit": "bench.ratelimit_bench",
+    "faults": "bench.faults_bench",
 }
 
 
