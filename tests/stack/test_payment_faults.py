@@ -155,7 +155,7 @@ def test_a_dead_payment_opens_the_breaker_and_orders_fail_fast_with_nothing_char
 
     assert load.confirmed == 0
     refused = [r for r in load.failures() if "circuit breaker" in r]
-    # Between probes (0.5, 1, 2, 4, 5 s apart) every Charge is refused before it leaves.
+    # Between probes (0.5, 1, 2, 2, ... s apart) every Charge is refused before it leaves.
     assert len(refused) >= 0.9 * 200, load.failures()[:3]
     assert load.reached <= 0.1 * load.charge_calls, (load.reached, load.charge_calls)
     assert all(r.startswith("payment unavailable") for r in load.failures())
