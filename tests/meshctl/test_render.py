@@ -138,6 +138,46 @@ def test_both_listeners_log_each_request_as_json_with_its_trace_id_and_grpc_stat
         assert {"timestamp", "method", "path", "response_flags", "duration_ms"} <= fields.keys()
 
 
+def test_each_canary_cluster_fails_over_to_the_other_deployment(tmp_path: Path) -> None:
+    config = stack_config(tmp_path, "redis://127.0.0.1:6379/0")
+    rendered = yaml.safe_load(render.envoy_yaml(config))
+    clusters = {c["name"]: c for c in rendered["static_resources"]["clusters"]}
+
+    def ports(cluster: dict[str, Any]) -> list[tuple[int, int]]:
+        return [
+            (group.get("priority", 0), e["endpoint"]["address"]["socket_address"]["port_value"])
+            for group in cluster["load_assignment"]["endpoints"]
+            for e in group["lb_endpoints"]
+        ]
+
+    v1, v2 = (config.port(p.backend.port) for p in CANARY if p.backend is not None)
+    first, second = (clusters[p.name] for p in CANARY)
+    assert ports(first) == [(0, v1), (1, v2)]
+    assert ports(second) == [(0, v2), (1, v1)]
+    # Every other backend has its one host only.
+    others = [c for name, c in clusters.items() if name not in {p.name for p in CANARY}]
+    assert all(len(ports(cluster)) == 1 for cluster in others)
+    # A retry (connect failure, refused stream) goes to a priority not yet tried.
+    internal_retry = [
+        r["retry_policy"]
+        for r in _virtual_hosts(rendered)
+        if r["name"] == "internal" and "retry_policy" in r
+    ]
+    assert internal_retry
+    assert internal_retry[0]["retry_priority"]["name"] == (
+        "envoy.retry_priorities.previous_priorities"
+    )
+
+
+def _virtual_hosts(node: Any) -> list[dict[str, Any]]:
+    if isinstance(node, dict):
+        found = [node] if "domains" in node else []
+        return found + [vh for value in node.values() for vh in _virtual_hosts(value)]
+    if isinstance(node, list):
+        return [vh for item in node for vh in _virtual_hosts(item)]
+    return []
+
+
 def test_a_route_to_a_cluster_the_registry_lacks_is_refused(tmp_path: Path) -> None:
     config = stack_config(tmp_path, "redis://127.0.0.1:6379/0")
     template = yaml.safe_load(config.envoy_template.read_text())

@@ -18,6 +18,7 @@ parsed YAML and the result is written by the YAML library, so no value is splice
 from __future__ import annotations
 
 import configparser
+import copy
 import io
 import os
 import re
@@ -33,6 +34,7 @@ from meshctl import envoy, envoy_tracing
 from meshctl.config import StackConfig, StackError
 from meshctl.registry import (
     BACKENDS,
+    CANARY,
     ENVOY_BINARY,
     PROGRAMS,
     PROMETHEUS_BINARY,
@@ -245,6 +247,7 @@ def envoy_yaml(config: StackConfig) -> str:
     rendered["static_resources"]["clusters"] = [
         _fill(clusters[0], {**values, **_cluster_values(config, program)}) for program in BACKENDS
     ]
+    _fail_over_between(rendered["static_resources"]["clusters"], CANARY)
     unknown = _routed_clusters(rendered) - {program.name for program in BACKENDS}
     if unknown:
         raise StackError(f"{path} routes to clusters the registry has no backend for: {unknown}")
@@ -257,6 +260,25 @@ def envoy_yaml(config: StackConfig) -> str:
             sampling=envoy_tracing.sampling_percent({**os.environ, **config.env}),
         )
     return yaml.safe_dump(rendered, sort_keys=False)
+
+
+def _fail_over_between(clusters: list[dict[str, Any]], pair: tuple[Program, Program]) -> None:
+    """Each cluster of ``pair`` gets the other's endpoint as its priority 1.
+
+    The canary's weights pick a cluster per request, and with one host per cluster nothing
+    else would move a request off a dead deployment (Envoy's panic mode keeps sending to it).
+    As priority 1 the other deployment takes the share of one whose host is ejected or
+    unhealthy, and the route's retry of a connect failure goes to it (previous_priorities).
+    The split, its runtime keys and the per-cluster stats stay as they are; while one
+    deployment is down, the other's requests count under both clusters' names (the access
+    log's upstream_host says which process served each).
+    """
+    by_name = {cluster["name"]: cluster for cluster in clusters}
+    first, second = (by_name[program.name] for program in pair)
+    own = {name: cluster["load_assignment"]["endpoints"][0] for name, cluster in by_name.items()}
+    for cluster, other in ((first, second), (second, first)):
+        fallback = copy.deepcopy(own[other["name"]]["lb_endpoints"])
+        cluster["load_assignment"]["endpoints"].append({"priority": 1, "lb_endpoints": fallback})
 
 
 def _cluster_values(config: StackConfig, program: Program) -> dict[str, object]:
