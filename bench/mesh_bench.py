@@ -34,6 +34,7 @@ from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from mesh.order.v1 import order_pb2, order_pb2_grpc
 from meshctl.testing import running_stack
+from meshkit.errors import PUSHBACK_HEADER
 
 IN_FLIGHT = (1, 16, 64)
 MTLS_IN_FLIGHT = 16
@@ -81,16 +82,26 @@ class _Orders:
         self._run_id = uuid.uuid4().hex[:8]
         self._sequence = itertools.count()
         self.confirmed = 0
+        self.pushed_back = 0
 
     async def __call__(self, i: int) -> object:
-        order = await self._stub.CreateOrder(
-            order_pb2.CreateOrderRequest(
-                customer_id=self._customer,
-                request_id=f"bench-{self._run_id}-{next(self._sequence)}",
-                lines=[money_pb2.Line(sku=SKUS[i % len(SKUS)], quantity=1)],
-            ),
-            timeout=CALL_TIMEOUT_S,
+        request = order_pb2.CreateOrderRequest(
+            customer_id=self._customer,
+            request_id=f"bench-{self._run_id}-{next(self._sequence)}",
+            lines=[money_pb2.Line(sku=SKUS[i % len(SKUS)], quantity=1)],
         )
+        while True:
+            try:
+                order = await self._stub.CreateOrder(request, timeout=CALL_TIMEOUT_S)
+                break
+            except grpc.aio.AioRpcError as error:
+                # Over order's cap of CreateOrders in flight (ORDER_CREATE_MAX_IN_FLIGHT): wait
+                # as told and send it again, as a client should; the wait is in its latency.
+                pushback = dict(error.trailing_metadata() or ()).get(PUSHBACK_HEADER)
+                if error.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED or pushback is None:
+                    raise
+                self.pushed_back += 1
+                await asyncio.sleep(int(pushback) / 1000)
         if order.status == order_pb2.ORDER_STATUS_CONFIRMED:
             self.confirmed += 1
         return order
@@ -121,7 +132,7 @@ async def _alternate(
 
 async def _measure(
     edge: str, in_flight: int, block_s: float, rounds: int
-) -> tuple[LoadResult, LoadResult, int]:
+) -> tuple[LoadResult, LoadResult, int, int]:
     async with grpc.aio.insecure_channel(edge) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         health_request = health_pb2.HealthCheckRequest()
@@ -131,7 +142,7 @@ async def _measure(
 
         create = _Orders(channel, f"bench-{in_flight}")
         bare_result, orders = await _alternate([bare, create], in_flight, block_s, rounds)
-        return bare_result, orders, create.confirmed
+        return bare_result, orders, create.confirmed, create.pushed_back
 
 
 async def _measure_mtls(
@@ -215,7 +226,7 @@ def _compare_levels(
             "------------|----------------|"
         )
         for in_flight in levels:
-            bare, orders, confirmed = asyncio.run(
+            bare, orders, confirmed, pushed_back = asyncio.run(
                 _measure(stack.config.edge_target, in_flight, block_s, rounds)
             )
             ratio = (
@@ -224,7 +235,8 @@ def _compare_levels(
                 else ""
             )
             print(_row("bare Health/Check", in_flight, bare))
-            print(_row(f"CreateOrder ({confirmed} ok)", in_flight, orders, ratio))
+            waits = f", {pushed_back} waits" if pushed_back else ""
+            print(_row(f"CreateOrder ({confirmed} ok{waits})", in_flight, orders, ratio))
         pids = stack.supervisor.pids()
         print("\nRSS after the run (MiB):")
         print("| process        | pid     | RSS MiB |")
