@@ -36,6 +36,7 @@ def test_winning_a_claim_takes_the_new_orders_lease_and_losing_it_takes_nothing(
     mine, theirs = leases.lease("ord_a"), leases.lease("ord_b")
     assert claims.claim("req-1", Claim("ord_a", "f1"), mine) is None
     assert client.get(mine.key) == mine.token
+    assert mine.fence == 1  # the new order's first fencing token, from the same script
     assert 9_000 < client.pttl(mine.key) <= 10_000
     client.pexpire(mine.key, 5_000)
     assert mine.keep()  # confirmed by the claim itself: no round trip, the term is untouched
@@ -43,6 +44,7 @@ def test_winning_a_claim_takes_the_new_orders_lease_and_losing_it_takes_nothing(
 
     assert claims.claim("req-1", Claim("ord_b", "f2"), theirs) is not None
     assert not client.exists(theirs.key)
+    assert (theirs.fence, client.exists(theirs.fence_key)) == (0, 0)
     now[0] += 2.0
     assert not theirs.keep()  # never taken, so never trusted
 

@@ -7,7 +7,7 @@ import redis
 
 from meshkit.redis_client import connect
 from meshkit.testing import wait_until
-from order_service.leases import Leases
+from order_service.leases import FENCE_TTL_S, Leases
 
 
 @pytest.fixture
@@ -127,3 +127,35 @@ def test_a_saga_keeps_its_lease_past_its_term_while_it_runs(client: redis.Redis)
         assert leases.holding() == 0
     finally:
         leases.close()
+
+
+def test_every_grant_hands_out_a_larger_fencing_token_than_the_last(client: redis.Redis) -> None:
+    leases = Leases(client, lease_ms=10_000, keep_alive=False)
+    fences = []
+    for _ in range(3):
+        lease = leases.lease("ord_1")
+        assert lease.fence == 0  # not taken yet
+        assert lease.acquire()
+        fences.append(lease.fence)
+        assert not leases.lease("ord_1").acquire()  # a refused grant hands out nothing
+        client.delete(lease.key)  # its lease ran out: the next runner takes it
+    assert fences == [1, 2, 3]
+    other = leases.lease("ord_2")
+    assert other.acquire()
+    assert other.fence == 1  # one counter per order
+    # Both keys hash by the order id alone, so the script runs on one Redis Cluster node.
+    assert (lease.key, lease.fence_key) == ("order:lease:{ord_1}", "order:fence:{ord_1}")
+    assert 6 * 86_400 < client.ttl(lease.fence_key) <= FENCE_TTL_S
+
+
+def test_a_counter_redis_lost_restarts_above_the_token_the_order_has_seen(
+    client: redis.Redis,
+) -> None:
+    leases = Leases(client, lease_ms=10_000, keep_alive=False)
+    lease = leases.lease("ord_1")
+    assert lease.acquire(after=7)  # the row says 7, Redis knows no counter (it lost its data)
+    assert lease.fence == 8
+    lease.release()
+    successor = leases.lease("ord_1")
+    assert successor.acquire(after=3)  # a stale view of the row never lowers the counter
+    assert successor.fence == 9

@@ -42,7 +42,9 @@ QUANTITY = 2
 def crashed(app: OrderApp, step: Step, *, customer_id: str = "cust-1", **fields: Any) -> Order:
     """Inserts an order row as a process that died before running ``step`` left it."""
     request = validate_create(customer_id, [(SKU, QUANTITY)], new_id("req"))
-    return app.store.insert(replace(new_order(new_id("ord"), request), step=step, **fields))
+    return app.store.insert(
+        replace(new_order(new_id("ord"), request), step=step, **fields), fence=1
+    )
 
 
 def reserve(inventory: Inventory, order: Order) -> tuple[str, Money]:
@@ -101,7 +103,7 @@ def test_charge_done_but_not_saved_is_not_charged_twice(
     order = crashed(app, Step.RESERVE)
     reservation_id, total = reserve(inventory, order)
     order = app.store.save(
-        replace(order, step=Step.CHARGE, reservation_id=reservation_id, total=total)
+        replace(order, step=Step.CHARGE, reservation_id=reservation_id, total=total), fence=1
     )
     payment_id = charge(payments, order, total)
 
@@ -141,7 +143,8 @@ def test_left_at_commit_confirms(app: OrderApp, inventory: Inventory, payments: 
             reservation_id=reservation_id,
             total=total,
             payment_id=payment_id,
-        )
+        ),
+        fence=1,
     )
 
     assert recovered(app, order).status is Status.CONFIRMED
@@ -162,7 +165,8 @@ def test_void_charge_refunds_a_charge_that_did_happen_and_releases(
             reservation_id=reservation_id,
             total=total,
             failure_reason="payment unavailable: DEADLINE_EXCEEDED",
-        )
+        ),
+        fence=1,
     )
 
     done = recovered(app, order)
@@ -205,7 +209,8 @@ def test_refund_after_a_failed_commit_gives_the_money_back(
             total=total,
             payment_id=payment_id,
             failure_reason="inventory unavailable at commit",
-        )
+        ),
+        fence=1,
     )
 
     done = recovered(app, order)
@@ -217,7 +222,7 @@ def test_refund_after_a_failed_commit_gives_the_money_back(
 
 def test_lines_inventory_rejects_end_failed(app: OrderApp, inventory: Inventory) -> None:
     request = validate_create("cust-1", [("SKU-9999", 1)], new_id("req"))
-    order = app.store.insert(new_order(new_id("ord"), request))
+    order = app.store.insert(new_order(new_id("ord"), request), fence=1)
     before = outcome_counts()
 
     done = recovered(app, order)
@@ -237,7 +242,8 @@ def test_an_order_recovery_cannot_finish_is_not_counted_again(
         before = outcome_counts()
         assert dark.recovery.run_once().finished == 0
         assert counted_since(before) == {}
-        assert dark.store.get(order.order_id) == order
+        # As it was, but for the token recovery's run stamped on it when it took it over.
+        assert dark.store.get(order.order_id) == replace(order, fence=2)
     finally:
         dark.close()
 
@@ -277,7 +283,8 @@ def test_commit_refused_releases_and_refunds(
             reservation_id=reservation_id,
             total=total,
             payment_id=payment_id,
-        )
+        ),
+        fence=1,
     )
 
     done = recovered(app, order)
@@ -331,7 +338,9 @@ class FakeSaga:
         try:
             self._together.wait()
             if self._decide(order):
-                done = self._store.save(replace(order, status=Status.CONFIRMED, step=Step.DONE))
+                done = self._store.save(
+                    replace(order, status=Status.CONFIRMED, step=Step.DONE), fence=lease.fence
+                )
                 return Run(done, Reason.NONE)
             return Run(order, Reason.DEPENDENCY_REJECTED)
         finally:
@@ -388,7 +397,9 @@ def make_recovery(store: OrderStore, leases: Leases) -> Iterator[MakeRecovery]:
 
 def backlog(store: OrderStore, count: int) -> list[Order]:
     return [
-        store.insert(new_order(new_id("ord"), validate_create("c", [(SKU, 1)], new_id("req"))))
+        store.insert(
+            new_order(new_id("ord"), validate_create("c", [(SKU, 1)], new_id("req"))), fence=1
+        )
         for _ in range(count)
     ]
 
@@ -446,7 +457,9 @@ def test_a_stuck_order_is_retried_later_and_less_often_then_flagged_then_cleared
     store: OrderStore, clock: Clock, make_recovery: MakeRecovery
 ) -> None:
     (order,) = backlog(store, 1)
-    order = store.save(replace(order, step=Step.RELEASE, failure_reason="payment declined"))
+    order = store.save(
+        replace(order, step=Step.RELEASE, failure_reason="payment declined"), fence=1
+    )
     clock.advance(AGE_S)
     fixed = threading.Event()
     saga = FakeSaga(store, lambda order: fixed.is_set())

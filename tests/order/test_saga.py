@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import grpc
 import pytest
@@ -10,11 +12,15 @@ import pytest
 from mesh.order.v1 import order_pb2
 from mesh.payment.v1 import payment_pb2
 from meshkit.errors import FieldViolation
+from meshkit.redis_client import connect
+from meshkit.sqlite import Database
 from meshkit.testing import free_port, wait_until
 from order_service.domain import Line, Money, Reason, Status, Step, new_order, validate_create
 from order_service.domain import Order as SagaOrder
+from order_service.leases import Leases
 from order_service.ports import Payment, RemoteError, Reservation
 from order_service.saga import Saga
+from order_service.store import MIGRATIONS, SCHEMA, OrderStore
 
 from .conftest import (
     SEED_STOCK,
@@ -39,11 +45,11 @@ class SavingStore:
 
         self.deleted: list[str] = []
 
-    def save(self, order: SagaOrder) -> SagaOrder:
+    def save(self, order: SagaOrder, *, fence: int) -> SagaOrder:
         self.saved.append(order)
         return order
 
-    def delete(self, order_id: str) -> None:
+    def delete(self, order_id: str, *, fence: int) -> None:
         self.deleted.append(order_id)
 
 
@@ -80,6 +86,8 @@ class WillingPayments:
 
 
 class HeldLease:
+    fence = 1
+
     def keep(self) -> bool:
         return True
 
@@ -195,6 +203,78 @@ def test_the_happy_path_saves_before_commit_and_at_the_end_only() -> None:
     ]
     assert (store.saved[0].reservation_id, store.saved[0].payment_id) == ("res_1", "pay_1")
     assert store.saved[0].total == Money("USD", 100)
+
+
+class CountingInventory(WillingInventory):
+    """Counts the calls; ``during_reserve`` runs inside the Reserve call (a pause there)."""
+
+    def __init__(self, during_reserve: Callable[[], None] = lambda: None) -> None:
+        self.calls: list[str] = []
+        self._during_reserve = during_reserve
+
+    def reserve(self, order_id: str, lines: Sequence[Line]) -> Reservation:
+        self.calls.append("reserve")
+        self._during_reserve()
+        return super().reserve(order_id, lines)
+
+    def commit(self, reservation_id: str) -> Reservation:
+        self.calls.append("commit")
+        return super().commit(reservation_id)
+
+    def release(self, reservation_id: str) -> Reservation:
+        self.calls.append("release")
+        return super().release(reservation_id)
+
+
+class CountingPayments(WillingPayments):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def charge(self, *, order_id: str, customer_id: str, amount: Money, request_id: str) -> Payment:
+        self.calls.append("charge")
+        return super().charge(
+            order_id=order_id, customer_id=customer_id, amount=amount, request_id=request_id
+        )
+
+    def void_charge(self, *, charge_request_id: str, order_id: str) -> Payment:
+        self.calls.append("void_charge")
+        return super().void_charge(charge_request_id=charge_request_id, order_id=order_id)
+
+
+def test_a_runner_whose_write_is_refused_for_its_old_token_stops_and_calls_nothing_more(
+    tmp_path: Path, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = OrderStore(Database(tmp_path / "order.db", SCHEMA, MIGRATIONS))
+    # A frozen clock: the first runner's confirmation stays fresh, so keep() never asks
+    # Redis and it goes on believing the lease is its own, as a paused process does.
+    leases = Leases(connect(redis_url), lease_ms=1_000, monotonic=lambda: 100.0, keep_alive=False)
+    order_id = "ord_" + "0" * 32
+    first = leases.lease(order_id)
+    assert first.acquire()
+    request = validate_create("c", [("SKU-0001", 1)], "r")
+    order = store.insert(new_order(order_id, request), fence=first.fence)
+
+    def taken_over() -> None:  # paused in Reserve past its lease; recovery takes the order
+        leases.redis.delete(first.key)
+        successor = leases.lease(order_id)
+        assert successor.acquire(after=order.fence)
+        assert store.take(order_id, fence=successor.fence) is not None
+
+    inventory, payments = CountingInventory(during_reserve=taken_over), CountingPayments()
+    with caplog.at_level(logging.WARNING, logger="order_service.saga"):
+        run = Saga(store, inventory, payments).run(order, first, creating=True)
+
+    assert (run.order.status, run.reason) == (Status.PENDING, Reason.LEASE_LOST)
+    # Charge is not saved before it runs (a rerun from RESERVE charges the same payment);
+    # the first write after it, COMMIT's, is refused, and Commit is never called.
+    assert (inventory.calls, payments.calls) == (["reserve"], ["charge"])
+    stored = store.get(order_id)
+    assert stored is not None
+    assert (stored.step, stored.fence) == (Step.RESERVE, 2)
+    assert any(
+        r.levelno == logging.WARNING and "write with fence 1 refused" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_happy_path_confirms_with_stock_and_money_moved_once(

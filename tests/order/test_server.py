@@ -65,7 +65,7 @@ def test_start_up_finishes_orders_a_crash_left_pending(
     app: OrderApp, start_order: StartOrder, inventory: Inventory
 ) -> None:
     request = validate_create("cust-1", [("SKU-0014", 3)], "crashed-1")
-    left = app.store.insert(new_order("ord_" + "1" * 32, request))
+    left = app.store.insert(new_order("ord_" + "1" * 32, request), fence=1)
 
     order = start_order()
     wait_until(

@@ -75,15 +75,15 @@ def test_a_create_order_costs_the_order_service_two_redis_round_trips(
 
     assert placed.status == CONFIRMED
     # The order service's two scripts, the customer's rate limit (time, get, set) and the
-    # claim + lease (get, set, set), and inventory's drop of the SKU's cached entry after
-    # Reserve (del). The finished order's lease is left to expire.
+    # claim + lease + fencing token (get, set, set, incr, pexpire), and inventory's drop of
+    # the SKU's cached entry after Reserve (del). The finished order's lease is left to expire.
     assert spent == {
         "evalsha": 2,
         "time": 1,
         "get": 2,
         "set": 3,
         "exists": 0,
-        "incr": 0,
+        "incr": 1,
         "del": 1,
     }
     assert 0 < client.pttl(lease_key(placed.order_id)) <= order.settings.lease_ms
@@ -501,7 +501,7 @@ def crashed_mid_saga(app: OrderApp, inventory: Inventory, request_id: str) -> st
     order_id = new_id("ord")
     lease = app.leases.lease(order_id)
     assert app.claims.claim(request_id, Claim(order_id, request.fingerprint), lease) is None
-    app.store.insert(new_order(order_id, request))
+    app.store.insert(new_order(order_id, request), fence=1)
     inventory.reserve(order_id, ("SKU-0011", 1))
     lease.forget()  # the keep-alive died with its process
     app.redis.pexpire(lease.key, 300)

@@ -53,8 +53,10 @@ def store(tmp_path: Path, clock: Clock) -> OrderStore:
 
 def compensating(store: OrderStore) -> Order:
     request = validate_create("cust-1", [("SKU-0001", 1)], new_id("req"))
-    order = store.insert(new_order(new_id("ord"), request))
-    return store.save(replace(order, step=Step.RELEASE, failure_reason="payment declined: card"))
+    order = store.insert(new_order(new_id("ord"), request), fence=1)
+    return store.save(
+        replace(order, step=Step.RELEASE, failure_reason="payment declined: card"), fence=1
+    )
 
 
 def stuck_run(order: Order) -> Run:
@@ -119,7 +121,7 @@ def test_after_n_runs_the_order_needs_a_person_logged_once_and_moving_on_clears_
     assert flagged == [f"{order.order_id}: needs attention: {marks[2].attention_reason}"]  # type: ignore[union-attr]
     assert store.needing_attention() == 1
 
-    store.save(replace(order, status=Status.FAILED, step=Step.DONE))
+    store.save(replace(order, status=Status.FAILED, step=Step.DONE), fence=1)
     assert store.stuck(order.order_id) == Stuck()
     assert store.needing_attention() == 0
 

@@ -6,17 +6,21 @@ from dataclasses import dataclass
 
 import redis
 
-from order_service.leases import COMPARE_AND_DELETE, Lease
+from order_service.leases import COMPARE_AND_DELETE, FENCE_TTL_S, Lease
 
 IDEMPOTENCY_TTL_S = 86_400
 
 #: Claims a request_id for a new order and takes that order's lease in the same step, so a
-#: claim is never seen without its runner's lease (a duplicate then waits, never takes over).
-#: KEYS[1] the claim key; KEYS[2] the new order's lease key.
+#: claim is never seen without its runner's lease (a duplicate then waits, never takes over),
+#: and hands out the lease's fencing token as leases.ACQUIRE_WITH_FENCE does (a new order's
+#: counter starts at 1). The claim's key hashes by request_id, the lease's by order_id: on a
+#: Redis Cluster this script would need both on one node.
+#: KEYS[1] the claim key; KEYS[2] the new order's lease key; KEYS[3] its fence counter key.
 #: ARGV[1] the claim (order_id|fingerprint); ARGV[2] its time to live in s;
-#: ARGV[3] the lease token; ARGV[4] the lease's time to live in ms.
-#: Returns nil if the claim and the lease are now the caller's, else the claim holding the
-#: request_id; an error if the new order's lease is somehow held already.
+#: ARGV[3] the lease token; ARGV[4] the lease's time to live in ms;
+#: ARGV[5] the fence counter's time to live in ms.
+#: Returns the fencing token (an integer) if the claim and the lease are now the caller's,
+#: else the claim holding the request_id; an error if the new order's lease is somehow held.
 CLAIM_WITH_LEASE = """
 local holder = redis.call('get', KEYS[1])
 if holder then
@@ -26,7 +30,9 @@ if not redis.call('set', KEYS[2], ARGV[3], 'nx', 'px', ARGV[4]) then
     return redis.error_reply('lease ' .. KEYS[2] .. ' is already held')
 end
 redis.call('set', KEYS[1], ARGV[1], 'ex', ARGV[2])
-return false
+local fence = redis.call('incr', KEYS[3])
+redis.call('pexpire', KEYS[3], ARGV[5])
+return fence
 """
 
 
@@ -65,11 +71,11 @@ class Claims:
         else the claim that already owns it, and the lease is not taken."""
         asked_at = lease.now()
         raw = self._claim(
-            keys=[claim_key(request_id), lease.key],
-            args=[claim.encode(), self._ttl_s, lease.token, lease.lease_ms],
+            keys=[claim_key(request_id), lease.key, lease.fence_key],
+            args=[claim.encode(), self._ttl_s, lease.token, lease.lease_ms, FENCE_TTL_S * 1000],
         )
-        if raw is None:
-            lease.taken(asked_at)
+        if isinstance(raw, int):
+            lease.taken(asked_at, raw)
             return None
         return Claim.decode(raw)
 

@@ -291,6 +291,8 @@ class Order:
     total: Money | None = None
     create_time_us: int = 0
     update_time_us: int = 0
+    #: The fencing token of the last saga write (see order_service.leases); 0 before any.
+    fence: int = 0
 
     @property
     def charge_request_id(self) -> str:

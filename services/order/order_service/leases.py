@@ -5,6 +5,29 @@ soon; one keep-alive thread per process renews every lease the process holds, in
 round trip, so a saga waiting on a slow call keeps its order however long the call takes.
 python-redis-lock's auto_renewal does the same with a thread per lock, which a service holding
 a lease per request in flight cannot afford.
+
+A lease alone cannot stop a runner that was paused past its term (a GC pause, SIGSTOP, a slow
+disk) and wakes up believing it still holds it. So every grant also returns a *fencing token*
+(Kleppmann, "How to do distributed locking", 2016): the next value of a per-order counter,
+incremented in the same script that takes the lease, so each grant's token is larger than
+every earlier grant's. The order store keeps the token of the last saga write on the order's
+row and refuses a write with an older one (``ports.FencedOut``); a runner that takes an order
+over stamps its token on the row before its first call. What this guarantees, and what not:
+
+- The order row is fenced: once a newer runner has written (or stamped) the row, no write of
+  an older runner lands, whatever it believes about its lease; its saga stops at that write
+  and makes no further call. ``keep()`` before each step usually stops it sooner.
+- The calls a stale runner sent before its refused write are not fenced: inventory and
+  payment do not see tokens. That is safe because each of them is idempotent by order_id or
+  request_id (Reserve by order_id, Charge by "charge-"+order_id, ...): the new runner's same
+  call gets the same reservation or payment back, so stock and money move once; and a stale
+  runner's decision (to go forward or to compensate) is only ever acted on after it has been
+  saved, which the fence refuses.
+- The tokens are only as durable as Redis: the counter lives ``FENCE_TTL_S`` after the last
+  grant, far longer than any saga runs, and a caller passes the highest token the row has
+  seen (``after``), so a counter Redis lost restarts above every token already written and
+  the order can still be finished. A runner paused across such a loss, holding a token it
+  has not written yet, may share it with its successor: the lease's own guarantee ends there.
 """
 
 from __future__ import annotations
@@ -29,6 +52,27 @@ end
 return 0
 """
 
+#: Takes a free lease and hands out its fencing token: the next value of the order's counter,
+#: which never goes down while the counter lives (each grant renews its time to live) and is
+#: raised above ``after`` when Redis lost it. Both keys share the order's hash tag, so the
+#: script runs on one Redis Cluster node.
+#: KEYS[1] the lease key; KEYS[2] the fence counter key.
+#: ARGV[1] the caller's token; ARGV[2] the lease's time to live in ms;
+#: ARGV[3] the counter's time to live in ms; ARGV[4] the highest token the caller has seen.
+#: Returns the fencing token (>= 1) if the lease is now the caller's, 0 if someone holds it.
+ACQUIRE_WITH_FENCE = """
+if not redis.call('set', KEYS[1], ARGV[1], 'nx', 'px', ARGV[2]) then
+    return 0
+end
+local fence = redis.call('incr', KEYS[2])
+if fence <= tonumber(ARGV[4]) then
+    fence = tonumber(ARGV[4]) + 1
+    redis.call('set', KEYS[2], fence)
+end
+redis.call('pexpire', KEYS[2], ARGV[3])
+return fence
+"""
+
 #: Resets a lease's time to live, only if the caller still holds it.
 #: KEYS[1] the lease key; ARGV[1] the caller's token; ARGV[2] the new time to live in ms.
 #: Returns 1 if extended, 0 if the lease expired or belongs to someone else.
@@ -42,42 +86,64 @@ return 0
 #: Lease.keep() trusts a confirmation this recent without asking Redis again.
 LEASE_RECHECK_S = 1.0
 DEFAULT_LEASE_MS = 3_000
+#: A fence counter outlives its order's last grant by this much: an order is driven for
+#: seconds, and a stuck one is retried (and its counter renewed) at least every few minutes.
+FENCE_TTL_S = 7 * 86_400
 
 
 def lease_key(order_id: str) -> str:
-    return f"order:lease:{order_id}"
+    """The braces are a Redis Cluster hash tag: an order's lease and fence share one slot."""
+    return f"order:lease:{{{order_id}}}"
+
+
+def fence_key(order_id: str) -> str:
+    return f"order:fence:{{{order_id}}}"
 
 
 class Lease:
     """One runner's exclusive, expiring right to drive one order's saga.
 
-    ``SET NX PX`` with a random token takes it; only compare-then-act scripts extend or
-    release it, so a runner whose lease expired can never cut short its successor's.
+    ``SET NX PX`` with a random token takes it (in :data:`ACQUIRE_WITH_FENCE`, which also
+    hands out its fencing token); only compare-then-act scripts extend or release it, so a
+    runner whose lease expired can never cut short its successor's.
     """
 
     def __init__(self, leases: Leases, order_id: str) -> None:
         self._leases = leases
         self.key = lease_key(order_id)
+        self.fence_key = fence_key(order_id)
         self.token = secrets.token_hex(16).encode()
+        #: The fencing token of this grant, which every saga write carries; 0 until taken.
+        self.fence = 0
         #: When Redis last confirmed we hold it (monotonic; read before asking, so never late).
         self._confirmed_at: float | None = None
 
-    def acquire(self) -> bool:
-        """Takes the lease if it is free; never waits. Raises redis errors (the caller decides)."""
+    def acquire(self, *, after: int = 0) -> bool:
+        """Takes the lease if it is free; never waits. Raises redis errors (the caller decides).
+
+        ``after``: the highest fencing token the caller has seen on the order's row, if any.
+        """
         leases = self._leases
         asked_at = leases.monotonic()
-        taken = bool(leases.redis.set(self.key, self.token, nx=True, px=leases.lease_ms))
-        if taken:
-            self.taken(asked_at)
-        return taken
+        fence = int(
+            leases.acquire_script(
+                keys=[self.key, self.fence_key],
+                args=[self.token, leases.lease_ms, FENCE_TTL_S * 1000, after],
+            )
+        )
+        if fence:
+            self.taken(asked_at, fence)
+        return bool(fence)
 
     def now(self) -> float:
         """The leases' monotonic clock, read before asking Redis for the lease in another way."""
         return self._leases.monotonic()
 
-    def taken(self, asked_at: float) -> None:
-        """Records that a script asked at ``asked_at`` took the lease as acquire() would; from
-        now on the keep-alive renews it until it is released or forgotten."""
+    def taken(self, asked_at: float, fence: int) -> None:
+        """Records that a script asked at ``asked_at`` took the lease as acquire() would, with
+        fencing token ``fence``; from now on the keep-alive renews it until it is released or
+        forgotten."""
+        self.fence = fence
         self._confirmed_at = asked_at
         self._leases.hold(self)
 
@@ -162,6 +228,7 @@ class Leases:
         #: so keep() finds them fresh and Redis's copy never falls below 3/4 of the term.
         self.renew_after_s = self.recheck_s / 2
         self.monotonic = monotonic
+        self.acquire_script = client.register_script(ACQUIRE_WITH_FENCE)
         self.extend_script = client.register_script(COMPARE_AND_EXTEND)
         self.delete_script = client.register_script(COMPARE_AND_DELETE)
         self._keep_alive = keep_alive

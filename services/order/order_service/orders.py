@@ -8,7 +8,8 @@ Timeline of one request_id, across threads and replicas::
     duplicate:  finds the row (or the claim) -> same fingerprint? -> waits for the first to finish
                 (bounded by its own deadline) -> answers the same order; else ALREADY_EXISTS
     orphan:     a duplicate finds the order PENDING, its lease free and no stuck run on record:
-                its runner died mid-saga, so the duplicate takes the lease and finishes it
+                its runner died mid-saga, so the duplicate takes the lease, stamps its fencing
+                token on the row (a runner merely paused can no longer write) and finishes it
 
 The claim is withdrawn when inventory rejects the lines (nothing is left behind) and when
 SQLite's UNIQUE(request_id) already holds an order for the request, which catches what a Redis
@@ -40,7 +41,7 @@ from order_service import domain
 from order_service.claims import Claim, Claims
 from order_service.domain import NewOrder, Order, Reason, Status
 from order_service.leases import Lease, Leases
-from order_service.ports import RateLimit
+from order_service.ports import FencedOut, RateLimit
 from order_service.ratelimit import Unlimited
 from order_service.saga import Run, Saga
 from order_service.store import Cursor, DuplicateRequest, OrderStore
@@ -116,10 +117,15 @@ class Orders:
     def _run_new(self, request: NewOrder, claim: Claim, lease: Lease) -> Order | None:
         try:
             # Before the first call: from then on only this row says stock may be held.
-            order = self._store.insert(domain.new_order(claim.order_id, request))
+            order = self._store.insert(domain.new_order(claim.order_id, request), fence=lease.fence)
         except DuplicateRequest:
             # Redis had lost the claim, and SQLite knows an order for this request_id.
             self._claims.withdraw(request.request_id, claim)
+            return None
+        except FencedOut as error:
+            # Paused past the lease before the insert: a runner that took over has the
+            # order. Start over, as a duplicate that waits for it.
+            _log.warning("%s: lease lost before the insert: %s", claim.order_id, error)
             return None
         run = self._saga.run(order, lease, creating=True)
         self._ended(run)
@@ -154,7 +160,7 @@ class Orders:
                         return order
                     # Its runner died mid-saga (or lost its lease): finish it here and now.
                     with _redis_required():
-                        resumed = self._resume(order.order_id)
+                        resumed = self._resume(order)
                     if resumed is not None:
                         return resumed
                     continue  # someone else took it over first: wait for them
@@ -188,14 +194,18 @@ class Orders:
         finally:
             _let_go(lease, order)
 
-    def _resume(self, order_id: str) -> Order | None:
+    def _resume(self, orphan: Order) -> Order | None:
         """Runs an orphaned PENDING order's saga from its step; None if its lease is taken."""
+        order_id = orphan.order_id
         lease = self._leases.lease(order_id)
-        if not lease.acquire():
+        if not lease.acquire(after=orphan.fence):
             return None
         order = None
         try:
-            order = self._store.get(order_id)
+            try:
+                order = self._store.take(order_id, fence=lease.fence)
+            except FencedOut:  # a newer runner (Redis lost the counter): wait for it
+                return None
             if order is None or order.status is not Status.PENDING:
                 return order
             _log.warning("%s: its runner is gone; resuming at %s", order_id, order.step)

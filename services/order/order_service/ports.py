@@ -41,6 +41,17 @@ class RemoteError(Exception):
         self.sent = sent
 
 
+class FencedOut(Exception):
+    """A saga write carried an older fencing token than the order's row has seen: another
+    runner took the order over, and this one's lease is lost whatever it believes."""
+
+    def __init__(self, order_id: str, fence: int, stored: int) -> None:
+        super().__init__(f"order {order_id}: write with fence {fence} refused (row has {stored})")
+        self.order_id = order_id
+        self.fence = fence
+        self.stored = stored
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Reservation:
     reservation_id: str
@@ -70,11 +81,16 @@ class Payments(Protocol):
 
 
 class Store(Protocol):
-    def save(self, order: Order) -> Order: ...
-    def delete(self, order_id: str) -> None: ...
+    """Every write carries the runner's fencing token and may raise :class:`FencedOut`."""
+
+    def save(self, order: Order, *, fence: int) -> Order: ...
+    def delete(self, order_id: str, *, fence: int) -> None: ...
 
 
 class Lease(Protocol):
+    #: This grant's fencing token (see :mod:`order_service.leases`).
+    @property
+    def fence(self) -> int: ...
     def keep(self) -> bool: ...
 
 

@@ -2,8 +2,10 @@
 
 Only orders untouched for ``age_s`` are candidates, and each one is driven under its
 per-order lease, so a saga still running in a request (here or on another replica) is
-never run twice at once. The saga resumes at the persisted step: forward steps go
-forward (every call is idempotent by order_id or request_id), compensations continue.
+never run twice at once, and stamps the lease's fencing token on the order's row before the
+first call, so a runner paused past its lease cannot write any more. The saga resumes at
+the persisted step: forward steps go forward (every call is idempotent by order_id or
+request_id), compensations continue.
 
 A pass goes through every due order, a page at a time, ``workers`` at once. The next pass
 comes when the next order falls due (an order's idle age, or a stuck order's retry time, see
@@ -28,6 +30,7 @@ import redis
 from meshkit import logs
 from order_service.domain import Order, Reason, Status
 from order_service.leases import Leases
+from order_service.ports import FencedOut
 from order_service.saga import Saga
 from order_service.store import OrderStore
 from order_service.stuck import StuckOrders
@@ -135,18 +138,22 @@ class Recovery:
         if self._stop.is_set():
             return End.GONE
         with logs.context(order_id=candidate.order_id):
-            return self._recover_one(candidate.order_id)
+            return self._recover_one(candidate)
 
-    def _recover_one(self, order_id: str) -> End:
+    def _recover_one(self, candidate: Order) -> End:
+        order_id = candidate.order_id
         lease = self._leases.lease(order_id)
         try:
-            if not lease.acquire():
+            if not lease.acquire(after=candidate.fence):
                 return End.HELD  # someone is driving it right now, or its runner just died
         except redis.RedisError as error:
             _log.debug("%s: no lease: %s", order_id, error)
             return End.REDIS_DOWN
         try:
-            order = self._store.get(order_id)  # it may have moved before we got here
+            try:  # it may have moved before we got here
+                order = self._store.take(order_id, fence=lease.fence)
+            except FencedOut:  # a newer runner has it (Redis lost the counter)
+                return End.HELD
             if order is None or order.status is not Status.PENDING:
                 return End.GONE
             flagged = self._store.stuck(order_id).attention_reason

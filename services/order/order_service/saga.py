@@ -16,7 +16,7 @@ from meshkit import logs, tracing
 from meshkit.errors import FieldViolation
 from order_service import domain
 from order_service.domain import Order, Outcome, Reason, Status, Step, StepResult
-from order_service.ports import Inventory, Lease, Payments, RemoteError, Store
+from order_service.ports import FencedOut, Inventory, Lease, Payments, RemoteError, Store
 
 _log = logging.getLogger(__name__)
 
@@ -58,7 +58,9 @@ class Saga:
         """Runs steps while the order moves; ends with it CONFIRMED, FAILED or still PENDING.
 
         It stays PENDING when a step cannot make progress now (a compensation could not
-        reach its service) or the lease was lost; the recovery loop picks it up later.
+        reach its service) or the lease was lost; the recovery loop picks it up later. A
+        write the store refuses for its old fencing token ends the run at once, as a lost
+        lease: another runner has the order, and nothing more is called.
         ``creating`` is for the request that created the order, the one run that knows no
         Reserve of it was sent before: a Reserve the resilience library refused then fails the
         order at once (any later run must find and release what an earlier one may hold). And
@@ -84,11 +86,18 @@ class Saga:
                     result = replace(result, outcome=Outcome.UNKNOWN)
                 span.set_attribute("saga.outcome", result.outcome.value)
             moved = domain.advance(order, result)
-            if creating and result.outcome is Outcome.INVALID:
-                self._store.delete(order.order_id)
-                return Run(moved, domain.ending(moved), result.violations)
-            if moved != order:  # also keeps ids a stuck step learnt, e.g. a reservation_id
-                order = self._store.save(moved) if domain.must_save(moved) else moved
+            try:
+                if creating and result.outcome is Outcome.INVALID:
+                    self._store.delete(order.order_id, fence=lease.fence)
+                    return Run(moved, domain.ending(moved), result.violations)
+                if moved != order:  # also keeps ids a stuck step learnt, e.g. a reservation_id
+                    if domain.must_save(moved):
+                        order = self._store.save(moved, fence=lease.fence)
+                    else:
+                        order = moved
+            except FencedOut as error:
+                _log.warning("%s: lease lost after %s: %s", order.order_id, step, error)
+                return Run(order, Reason.LEASE_LOST)
             if moved.status is Status.PENDING and moved.step == step:
                 _log.warning("%s: stuck at %s: %s", order.order_id, step, result.reason)
                 why = domain.ending(order, stuck_on=result.outcome)

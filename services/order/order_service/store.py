@@ -11,6 +11,7 @@ from typing import Any
 
 from meshkit.sqlite import Database
 from order_service.domain import Line, Money, Order, Status, Step
+from order_service.ports import FencedOut
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -44,6 +45,11 @@ MIGRATIONS = (
     ALTER TABLE orders ADD COLUMN stuck_runs INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE orders ADD COLUMN retry_time INTEGER NOT NULL DEFAULT 0;  -- unix microseconds
     ALTER TABLE orders ADD COLUMN attention_reason TEXT NOT NULL DEFAULT '';
+    """,
+    # The fencing token of the last saga write (order_service.leases): a write carrying an
+    # older one is refused. Rows from before it have 0, which every token passes.
+    """
+    ALTER TABLE orders ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
     """,
 )
 
@@ -83,7 +89,8 @@ class Cursor:
 
 
 class OrderStore:
-    """The orders table. Every write stamps update_time; only PENDING orders can change."""
+    """The orders table. Every saga write stamps update_time and carries its runner's fencing
+    token: one older than the row's is refused with FencedOut. Only PENDING orders can change."""
 
     def __init__(self, db: Database, clock: Clock = wall_clock_us) -> None:
         self._db = db
@@ -96,17 +103,24 @@ class OrderStore:
         """The clock that stamps update_time (and recovery's idea of now)."""
         return self._clock()
 
-    def insert(self, order: Order) -> Order:
-        """Stores a new order (stamping its times); DuplicateRequest if its request_id is taken."""
+    def insert(self, order: Order, *, fence: int) -> Order:
+        """Stores a new order (stamping its times) with its creating runner's fencing token.
+
+        DuplicateRequest if another order holds its request_id; FencedOut if the order itself
+        is there already: a runner that took over from this one (paused past its lease before
+        the insert) inserted it first.
+        """
         now = self._clock()
-        order = replace(order, create_time_us=order.create_time_us or now, update_time_us=now)
+        order = replace(
+            order, create_time_us=order.create_time_us or now, update_time_us=now, fence=fence
+        )
         try:
             with self._db.write() as conn:
                 conn.execute(
                     "INSERT INTO orders (order_id, request_id, fingerprint, customer_id, lines,"
                     " total, currency, status, step, failure_reason, reservation_id, payment_id,"
-                    " create_time, update_time)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " create_time, update_time, fence)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         order.order_id,
                         order.request_id,
@@ -121,27 +135,33 @@ class OrderStore:
                         order.payment_id,
                         order.create_time_us,
                         order.update_time_us,
+                        fence,
                     ),
                 )
         except sqlite3.IntegrityError as error:
+            # Which UNIQUE constraint SQLite names is its choice: look for the order first.
+            stored = self.get(order.order_id)
+            if stored is not None:
+                raise FencedOut(order.order_id, fence, stored.fence) from None
             if "request_id" in str(error):
                 raise DuplicateRequest(order.request_id) from None
             raise
         return order
 
-    def save(self, order: Order) -> Order:
+    def save(self, order: Order, *, fence: int) -> Order:
         """Persists a PENDING order's progress and returns what is stored.
 
-        The ``status = 'PENDING'`` guard means a finished order is never reopened: if
-        someone else finished it meanwhile, their version is returned.
+        FencedOut if the row has seen a newer fencing token than ``fence``. The ``status =
+        'PENDING'`` guard means a finished order is never reopened: if someone else finished
+        it meanwhile, their version is returned.
         """
         now = self._clock()
         with self._db.write() as conn:
             cursor = conn.execute(
                 "UPDATE orders SET status = ?, step = ?, failure_reason = ?, reservation_id = ?,"
-                " payment_id = ?, total = ?, currency = ?, update_time = ?,"
+                " payment_id = ?, total = ?, currency = ?, update_time = ?, fence = ?,"
                 " stuck_runs = 0, retry_time = 0, attention_reason = ''"
-                " WHERE order_id = ? AND status = 'PENDING'",
+                " WHERE order_id = ? AND status = 'PENDING' AND fence <= ?",
                 (
                     order.status.value,
                     order.step.value,
@@ -150,19 +170,52 @@ class OrderStore:
                     order.payment_id,
                     *_total_columns(order.total),
                     now,
+                    fence,
                     order.order_id,
+                    fence,
                 ),
             )
             if cursor.rowcount == 1:
-                return replace(order, update_time_us=now)
+                return replace(order, update_time_us=now, fence=fence)
         stored = self.get(order.order_id)
         if stored is None:
             raise LookupError(f"order {order.order_id} vanished")
+        if stored.fence > fence:
+            raise FencedOut(order.order_id, fence, stored.fence)
         return stored
 
-    def delete(self, order_id: str) -> None:
+    def take(self, order_id: str, *, fence: int) -> Order | None:
+        """Stamps the fencing token of a runner taking a PENDING order over on its row, before
+        the runner's first call, and returns the order as stored (None if there is none).
+
+        Until then the row holds its previous runner's token, which a runner paused past its
+        lease could still write with. update_time is left alone: recovery's idle age counts
+        from the last step. FencedOut if the row has seen a newer token; a finished order is
+        returned as it is.
+        """
         with self._db.write() as conn:
-            conn.execute("DELETE FROM orders WHERE order_id = ?", (order_id,))
+            found = conn.execute(
+                "UPDATE orders SET fence = ?"
+                " WHERE order_id = ? AND status = 'PENDING' AND fence <= ? RETURNING *",
+                (fence, order_id, fence),
+            ).fetchone()
+        if found is not None:
+            return _order(found)
+        stored = self.get(order_id)
+        if stored is not None and stored.status is Status.PENDING and stored.fence > fence:
+            raise FencedOut(order_id, fence, stored.fence)
+        return stored
+
+    def delete(self, order_id: str, *, fence: int) -> None:
+        """Deletes an order its creating run discards; FencedOut if a newer runner wrote it."""
+        with self._db.write() as conn:
+            cursor = conn.execute(
+                "DELETE FROM orders WHERE order_id = ? AND fence <= ?", (order_id, fence)
+            )
+        if cursor.rowcount == 0:
+            stored = self.get(order_id)
+            if stored is not None:
+                raise FencedOut(order_id, fence, stored.fence)
 
     def get(self, order_id: str) -> Order | None:
         row = self._db.read().execute("SELECT * FROM orders WHERE order_id = ?", (order_id,))
@@ -290,4 +343,5 @@ def _order(row: sqlite3.Row) -> Order:
         total=total,
         create_time_us=row["create_time"],
         update_time_us=row["update_time"],
+        fence=row["fence"],
     )
