@@ -16,6 +16,7 @@ BENCHMARKS = {
     "recovery": "bench.recovery_bench",
     "cache": "bench.cache_bench",
     "rate-limit": "bench.ratelimit_bench",
+    "lease": "bench.lease_bench",
     "faults": "bench.faults_bench",
 }
 

@@ -1,0 +1,132 @@
+"""What a fencing token costs a saga lease: the scripts that take a lease and hand out its token,
+next to a plain ``SET NX PX`` and a bare round trip, in interleaved blocks against one private
+redis-server.
+
+* ping: ``PING``, the bare round trip (the baseline);
+* set-nx-px: ``SET key token NX PX``, a lease taken without a token;
+* acquire: ``Lease.acquire``, the lease and its fencing token (``ACQUIRE_WITH_FENCE``: ``SET NX
+  PX``, ``INCR``, ``PEXPIRE``), as recovery and a duplicate taking an order over do;
+* claim: ``Claims.claim``, the request_id's claim with the new order's lease and token
+  (``CLAIM_WITH_LEASE``), as every CreateOrder does;
+* claim-no-fence: the same claim script without the token's ``INCR`` and ``PEXPIRE``.
+
+Every call takes a new order's lease (and a new request_id), as the service does. Reported:
+median and p99 latency per call seen by the client, and Redis's own time per call (the
+``INFO commandstats`` time of every command but INFO, over each variant's blocks).
+
+    python -m bench lease [--rounds N] [--calls N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+from collections.abc import Callable
+
+import redis
+
+from meshkit.redis_client import connect
+from meshkit.testing import redis_server
+from order_service.claims import CLAIM_WITH_LEASE, Claim, Claims, claim_key
+from order_service.leases import Leases, lease_key
+
+VARIANTS = ("ping", "set-nx-px", "acquire", "claim", "claim-no-fence")
+
+#: CLAIM_WITH_LEASE without the fencing token, for the same-run comparison.
+CLAIM_WITHOUT_FENCE = """
+local holder = redis.call('get', KEYS[1])
+if holder then
+    return holder
+end
+if not redis.call('set', KEYS[2], ARGV[3], 'nx', 'px', ARGV[4]) then
+    return redis.error_reply('lease ' .. KEYS[2] .. ' is already held')
+end
+redis.call('set', KEYS[1], ARGV[1], 'ex', ARGV[2])
+return false
+"""
+
+
+def _variants(client: redis.Redis) -> dict[str, Callable[[], object]]:
+    leases = Leases(client, keep_alive=False)
+    claims = Claims(client)
+    unfenced = client.register_script(CLAIM_WITHOUT_FENCE)
+    assert "incr" in CLAIM_WITH_LEASE
+    ids = (f"ord_{n:032x}" for n in itertools.count())
+
+    def set_nx_px() -> None:
+        assert client.set(lease_key(next(ids)), b"t" * 32, nx=True, px=3_000)
+
+    def acquire() -> None:
+        assert leases.lease(next(ids)).acquire()
+
+    def claim() -> None:
+        order_id = next(ids)
+        assert claims.claim(order_id, Claim(order_id, "f"), leases.lease(order_id)) is None
+
+    def claim_no_fence() -> None:
+        order_id = next(ids)
+        keys = [claim_key(order_id), lease_key(order_id)]
+        assert unfenced(keys=keys, args=[f"{order_id}|f", 86_400, b"t" * 32, 3_000]) is None
+
+    return {
+        "ping": client.ping,
+        "set-nx-px": set_nx_px,
+        "acquire": acquire,
+        "claim": claim,
+        "claim-no-fence": claim_no_fence,
+    }
+
+
+def _block(call: Callable[[], object], calls: int) -> list[float]:
+    took = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        took.append(time.perf_counter() - start)
+    return took
+
+
+def _server_usec(client: redis.Redis) -> int:
+    """Redis's time in every command so far but INFO (this probe's own)."""
+    stats = client.info("commandstats")
+    return sum(int(v["usec"]) for k, v in stats.items() if k != "cmdstat_info")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench lease")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--calls", type=int, default=2_000, help="calls per variant per round")
+    args = parser.parse_args()
+    with redis_server() as server:
+        client = connect(server.url)
+        variants = _variants(client)
+        for call in variants.values():  # warm up: connection, script cache
+            _block(call, 200)
+        seen: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        server_us = dict.fromkeys(VARIANTS, 0)
+        # Each round runs the variants in another order, so drift hits them alike.
+        orders = list(itertools.permutations(VARIANTS))
+        for r in range(args.rounds):
+            for name in orders[(r * 7) % len(orders)]:
+                before = _server_usec(client)
+                seen[name] += _block(variants[name], args.calls)
+                server_us[name] += _server_usec(client) - before
+        client.close()
+
+    base = statistics.median(seen["ping"])
+    print(f"{'variant':<15} {'median us':>10} {'p99 us':>8} {'x ping':>7} {'redis us':>9}")
+    for name in VARIANTS:
+        took = sorted(seen[name])
+        median = statistics.median(took)
+        p99 = took[int(len(took) * 0.99)]
+        in_redis = server_us[name] / len(took)
+        print(
+            f"{name:<15} {median * 1e6:>10.1f} {p99 * 1e6:>8.1f} {median / base:>7.2f}"
+            f" {in_redis:>9.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
