@@ -18,6 +18,15 @@ catalog::observability_name::catalog
 catalog::127.0.0.1:50050::health_flags::healthy
 payment_v2::127.0.0.1:50054::health_flags::/failed_active_hc
 payment_v2::127.0.0.1:50054::cx_active::0
+payment_v2::127.0.0.1:50053::health_flags::healthy
+payment_v1::127.0.0.1:50053::health_flags::healthy
+payment_v1::127.0.0.1:50054::health_flags::/failed_active_hc
+"""
+
+
+STATS_PAGE = """\
+cluster.catalog.health_check.success: 7
+cluster.payment_v2.health_check.success: 3
 """
 
 
@@ -25,7 +34,10 @@ class FakeAdmin(http.server.BaseHTTPRequestHandler):
     posted: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
-        self._answer(CLUSTERS_PAGE if self.path == "/clusters" else "")
+        if self.path == "/clusters":
+            self._answer(CLUSTERS_PAGE)
+        else:
+            self._answer(STATS_PAGE if self.path.startswith("/stats?filter=health_check") else "")
 
     def do_POST(self) -> None:
         self.posted.append(self.path)
@@ -51,8 +63,18 @@ def admin() -> Iterator[EnvoyAdmin]:
     server.server_close()
 
 
-def test_cluster_health_reads_each_clusters_host_flags(admin: EnvoyAdmin) -> None:
-    assert admin.cluster_health() == {"catalog": "healthy", "payment_v2": "/failed_active_hc"}
+def test_a_cluster_is_healthy_only_when_each_of_its_hosts_is(admin: EnvoyAdmin) -> None:
+    # The failover host of payment_v1 still fails its checks, though its own host passes.
+    assert admin.cluster_health() == {
+        "catalog": "healthy",
+        "payment_v2": "/failed_active_hc",
+        "payment_v1": "/failed_active_hc",
+    }
+
+
+def test_hosts_and_passed_health_checks_are_counted_per_cluster(admin: EnvoyAdmin) -> None:
+    assert admin.hosts_per_cluster() == {"catalog": 1, "payment_v2": 2, "payment_v1": 2}
+    assert admin.health_checks_passed() == {"catalog": 7, "payment_v2": 3}
 
 
 def test_runtime_keys_are_set_in_one_call(admin: EnvoyAdmin) -> None:

@@ -34,13 +34,36 @@ class EnvoyAdmin:
         return self._request("POST", path)
 
     def cluster_health(self) -> dict[str, str]:
-        """Each cluster's host health flags, from the ``/clusters`` page."""
+        """Each cluster's health, from the ``/clusters`` page: "healthy" when every one of its
+        hosts is (a payment cluster has two, its own deployment and the other as failover),
+        else the flags of the first host that is not."""
         flags: dict[str, str] = {}
         for line in self.get("/clusters").splitlines():
             parts = line.split("::")
-            if len(parts) == 4 and parts[2] == "health_flags":
+            is_flags = len(parts) == 4 and parts[2] == "health_flags"
+            if is_flags and flags.get(parts[0], "healthy") == "healthy":
                 flags[parts[0]] = parts[3]
         return flags
+
+    def hosts_per_cluster(self) -> dict[str, int]:
+        """How many hosts each cluster has, from the ``/clusters`` page."""
+        hosts: dict[str, int] = {}
+        for line in self.get("/clusters").splitlines():
+            parts = line.split("::")
+            if len(parts) == 4 and parts[2] == "health_flags":
+                hosts[parts[0]] = hosts.get(parts[0], 0) + 1
+        return hosts
+
+    def health_checks_passed(self) -> dict[str, int]:
+        """Per cluster, how many of its active health checks have passed so far."""
+        passed: dict[str, int] = {}
+        for line in self.get("/stats?filter=health_check\\.success$").splitlines():
+            name, sep, value = line.partition(": ")
+            if sep and name.startswith("cluster.") and value.strip().isdigit():
+                passed[name.removeprefix("cluster.").removesuffix(".health_check.success")] = int(
+                    value
+                )
+        return passed
 
     def set_runtime(self, values: Mapping[str, int]) -> None:
         """Sets runtime keys live (``/runtime_modify``), all in one call."""

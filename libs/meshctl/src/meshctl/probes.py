@@ -59,6 +59,16 @@ class EnvoyReady:
         missing = [f"{name}=absent" for name in self.clusters if name not in flags]
         if unhealthy or missing:
             return "clusters not healthy: " + ", ".join(unhealthy + missing)
+        # The load balancer takes a host's first passed check a moment after /clusters shows it
+        # (measured: for about a second a payment cluster still sent its share to its failover
+        # host): a second round of passed checks, one interval later, is the sign it has.
+        admin = EnvoyAdmin(config.admin_url)
+        passed, hosts = admin.health_checks_passed(), admin.hosts_per_cluster()
+        unsettled = [name for name in self.clusters if passed.get(name, 0) < 2 * hosts[name]]
+        if unsettled:
+            return "clusters not settled (one round of health checks so far): " + ", ".join(
+                unsettled
+            )
         edge = serving_status(config.edge_target)
         return SERVING if edge == SERVING else f"edge health call: {edge}"
 
