@@ -17,12 +17,15 @@ over stamps its token on the row before its first call. What this guarantees, an
 - The order row is fenced: once a newer runner has written (or stamped) the row, no write of
   an older runner lands, whatever it believes about its lease; its saga stops at that write
   and makes no further call. ``keep()`` before each step usually stops it sooner.
-- The calls a stale runner sent before its refused write are not fenced: inventory and
-  payment do not see tokens. That is safe because each of them is idempotent by order_id or
+- The calls a stale runner makes before that write are not fenced (inventory and payment see
+  no tokens): the call it was paused in, and from RESERVE the Charge that follows unsaved
+  (domain.UNSAVED_STEPS). That is safe because each call is idempotent by order_id or
   request_id (Reserve by order_id, Charge by "charge-"+order_id, ...): the new runner's same
-  call gets the same reservation or payment back, so stock and money move once; and a stale
-  runner's decision (to go forward or to compensate) is only ever acted on after it has been
-  saved, which the fence refuses.
+  call gets the same reservation or payment back, so stock and money move once, and a late
+  copy cannot undo a compensation (a Charge after its VoidCharge finds the void's record, a
+  Reserve after its Release the released reservation). Beyond those, nothing the stale
+  runner decides is acted on: every other step is saved before it runs, and that write is
+  refused.
 - The tokens are only as durable as Redis: the counter lives ``FENCE_TTL_S`` after the last
   grant, far longer than any saga runs, and a caller passes the highest token the row has
   seen (``after``), so a counter Redis lost restarts above every token already written and
