@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
-from meshkit.sqlite import PAGE_CACHE_KIB, Database
+from meshkit.sqlite import PAGE_CACHE_KIB, Database, _enter_wal
 
 
 def test_each_threads_connection_has_the_same_pragmas(tmp_path: Path) -> None:
@@ -66,3 +67,35 @@ def test_a_file_from_a_newer_release_is_refused(tmp_path: Path) -> None:
     Database(path, SCHEMA, MIGRATIONS).close()
     with pytest.raises(RuntimeError, match="schema version 2; this release knows 1"):
         Database(path, SCHEMA, MIGRATIONS[:1])
+
+
+class LockedAtFirst:
+    """A connection whose first WAL switches meet a file another process is opening."""
+
+    def __init__(self, locked: int) -> None:
+        self.locked = locked
+        self.tries = 0
+
+    def execute(self, sql: str) -> None:
+        assert sql == "PRAGMA journal_mode=WAL"
+        self.tries += 1
+        if self.tries <= self.locked:
+            raise sqlite3.OperationalError("database is locked")
+
+
+def test_the_wal_switch_is_tried_again_while_another_process_holds_the_file() -> None:
+    conn = LockedAtFirst(locked=2)
+    _enter_wal(conn)  # type: ignore[arg-type]  # only execute() is used
+    assert conn.tries == 3
+
+
+def test_another_error_of_the_wal_switch_is_not_tried_again() -> None:
+    class Broken(LockedAtFirst):
+        def execute(self, sql: str) -> None:
+            self.tries += 1
+            raise sqlite3.OperationalError("disk I/O error")
+
+    conn = Broken(locked=0)
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        _enter_wal(conn)  # type: ignore[arg-type]
+    assert conn.tries == 1

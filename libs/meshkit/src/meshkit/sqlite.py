@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,11 +13,31 @@ from pathlib import Path
 from meshkit import tracing
 
 BUSY_TIMEOUT_MS = 10_000
+_WAL_RETRY_S = 0.02
 #: Each connection's private page cache. SQLite's default (2 MiB) fills as a connection reads
 #: more of a growing file, and a server has one connection per worker thread: 32 x 2 MiB per
 #: process after a long run. The calls here are point lookups of a few B-tree pages, which a
 #: miss re-reads from the OS page cache in microseconds.
 PAGE_CACHE_KIB = 256
+
+
+def _enter_wal(conn: sqlite3.Connection) -> None:
+    """Puts the file in WAL mode (a no-op once it is).
+
+    Switching a new file needs an exclusive lock, and SQLite answers "database is locked" at
+    once, without waiting out busy_timeout, when another process is opening the same file at
+    that moment (payment v1 and v2 share one and start together: seen as one of them exiting
+    at start-up). So the switch is tried again for as long as busy_timeout would have waited.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(_WAL_RETRY_S)
 
 
 class Database:
@@ -75,7 +96,7 @@ class Database:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enter_wal(conn)
             # NORMAL is durable across process crashes in WAL mode (only an OS crash can lose
             # the last transactions), which is the failure model of this project.
             conn.execute("PRAGMA synchronous=NORMAL")
