@@ -164,6 +164,18 @@ def test_a_charge_never_sent_releases_the_stock_without_a_void() -> None:
     assert (payments.voids, inventory.releases) == (0, 1)
 
 
+def test_a_resumed_run_voids_a_charge_it_never_sent_as_an_earlier_run_may_have() -> None:
+    # Recovery after a crash at CHARGE (unsaved: it resumes at RESERVE): the crashed run's
+    # Charge may have captured, so a refused one here is unknown, and VoidCharge settles it.
+    order = new_order("ord_" + "0" * 32, validate_create("c", [("SKU-0001", 1)], "r"))
+    payments, inventory = BreakerOpenPayments(), BreakerOpenInventory()
+
+    run = Saga(SavingStore(), inventory, payments).run(order, HeldLease())
+
+    assert run.order.status is Status.FAILED
+    assert (payments.voids, inventory.releases) == (1, 1)
+
+
 def test_a_reserve_never_sent_fails_a_new_order_but_not_one_an_earlier_run_may_hold() -> None:
     order = new_order("ord_" + "0" * 32, validate_create("c", [("SKU-0001", 1)], "r"))
     inventory = BreakerOpenInventory(reserve=True)

@@ -21,8 +21,8 @@ the recovery loop, which resumes an order at its saved step after a crash at any
     (breaker open, bulkhead full, deadline spent): certainly not done, so only what was done
     is undone (a Charge never sent needs no VoidCharge), and a forward step the order needs,
     Commit, waits for a later run. Only the run of the request that created the order reports
-    NOT_SENT for RESERVE: any later run may follow one that sent a Reserve, so for it a
-    Reserve never sent is as UNKNOWN as the one before.
+    NOT_SENT for RESERVE and CHARGE: any later run may follow one that crashed after sending
+    them, so for it a call never sent is as UNKNOWN as the earlier one.
 
 Every position is saved before its step runs, but CHARGE (:data:`UNSAVED_STEPS`); on the
 happy path that is three writes, each needed for the saga to survive a crash:

@@ -38,6 +38,11 @@ class Run:
     error: str = ""
 
 
+#: The forward steps a run that did not create the order may be repeating: one that crashed
+#: may have sent their call before, so this run's call never being sent proves nothing.
+_FIRST_SENT = frozenset({Step.RESERVE, Step.CHARGE})
+
+
 class Saga:
     """Drives one order from its persisted step until it is CONFIRMED, FAILED or stuck."""
 
@@ -62,8 +67,8 @@ class Saga:
         write the store refuses for its old fencing token ends the run at once, as a lost
         lease: another runner has the order, and nothing more is called.
         ``creating`` is for the request that created the order, the one run that knows no
-        Reserve of it was sent before: a Reserve the resilience library refused then fails the
-        order at once (any later run must find and release what an earlier one may hold). And
+        Reserve or Charge of it was sent before: one the resilience library refused then counts
+        as not done (a later run treats it as unknown: an earlier run may have sent it). And
         when inventory refuses its lines, the order is deleted instead of saved FAILED, so
         that request (and its duplicates, which find no order) can answer INVALID_ARGUMENT.
         Recovery keeps the FAILED order: its id may have been seen.
@@ -81,8 +86,9 @@ class Saga:
             step = order.step
             with tracing.span(_SPAN_NAMES[step], {"order.id": order.order_id}) as span:
                 result = self._steps[step](order)
-                if result.outcome is Outcome.NOT_SENT and step is Step.RESERVE and not creating:
-                    # An earlier run may have sent a Reserve: what it did is unknown.
+                if result.outcome is Outcome.NOT_SENT and step in _FIRST_SENT and not creating:
+                    # An earlier run may have sent this call (RESERVE and CHARGE run again after
+                    # a crash, CHARGE unsaved): what that one did is unknown.
                     result = replace(result, outcome=Outcome.UNKNOWN)
                 span.set_attribute("saga.outcome", result.outcome.value)
             moved = domain.advance(order, result)
