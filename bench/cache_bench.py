@@ -297,7 +297,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--block", type=float, default=2.0)
     parser.add_argument("--miss-rounds", type=int, default=210)
+    parser.add_argument("--quick", action="store_true", help="1 round, 1 s blocks, 30 misses")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.block, args.miss_rounds = 1, 1.0, 30
     with (
         tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp,
         redis_server() as redis_proc,

@@ -75,7 +75,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench rate-limit")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--calls", type=int, default=2_000, help="calls per variant per round")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 500 calls")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.calls = 2, 500
     with redis_server() as server:
         client = connect(server.url)
         variants = _variants(client)

@@ -214,7 +214,10 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=500, help="PENDING orders to drain")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the stacks")
     parser.add_argument("--only", choices=("takeover", "backlog"))
+    parser.add_argument("--quick", action="store_true", help="a backlog of 100 orders")
     args = parser.parse_args()
+    if args.quick:
+        args.backlog = 100
     env = dict(item.split("=", 1) for item in args.env)
     with tempfile.TemporaryDirectory(prefix="bench-recovery-") as tmp:
         if args.only in (None, "takeover"):
