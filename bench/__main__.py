@@ -1,7 +1,8 @@
 """``make bench``: every benchmark, each printing a table next to a same-run baseline.
 
-``python -m bench mesh`` (or ``resilience``, ``server-model``, ``recovery``, ``faults``) runs one;
-extra arguments pass through.
+``python -m bench mesh`` (or ``resilience``, ``server-model``, ``recovery``, ``cache``,
+``rate-limit``, ``lease``, ``faults``) runs one; extra arguments pass through, and every benchmark
+takes ``--quick`` for a short run.
 """
 
 from __future__ import annotations
