@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from inventory_service import metric_names as m
+from meshkit.process_wide import process_wide
 
 
 class CacheMetrics:
@@ -45,14 +44,5 @@ class CacheMetrics:
         self._errors.labels(operation).inc()
 
 
-_metrics: CacheMetrics | None = None
-_lock = threading.Lock()
-
-
-def cache_metrics() -> CacheMetrics:
-    """The process-wide counters (one registry; tests start several servers)."""
-    global _metrics
-    with _lock:
-        if _metrics is None:
-            _metrics = CacheMetrics()
-        return _metrics
+cache_metrics = process_wide(CacheMetrics)
+"""The process-wide counters (one registry; tests start several servers)."""

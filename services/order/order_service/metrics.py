@@ -8,11 +8,10 @@ does. Names and labels are in :mod:`order_service.metric_names`.
 
 from __future__ import annotations
 
-import threading
-
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from meshkit.method_metrics import MethodDurationInterceptor
+from meshkit.process_wide import process_wide
 from order_service import metric_names as m
 from order_service.domain import Reason, Status
 from order_service.ratelimit import Outcome
@@ -82,46 +81,22 @@ def create_duration(registry: CollectorRegistry | None = REGISTRY) -> Histogram:
     )
 
 
-_outcomes: SagaOutcomes | None = None
-_duration: Histogram | None = None
-_attention: Gauge | None = None
-_decisions: RateLimitDecisions | None = None
-_lock = threading.Lock()
+saga_outcomes = process_wide(SagaOutcomes)
+"""The process-wide outcome counter (one registry; tests build several apps)."""
 
-
-def saga_outcomes() -> SagaOutcomes:
-    """The process-wide outcome counter (one registry; tests build several apps)."""
-    global _outcomes
-    with _lock:
-        if _outcomes is None:
-            _outcomes = SagaOutcomes()
-        return _outcomes
+_create_duration = process_wide(create_duration)
 
 
 def create_duration_interceptor(method: str) -> MethodDurationInterceptor:
     """Observes ``method`` (CreateOrder's full path) in the process-wide histogram."""
-    global _duration
-    with _lock:
-        if _duration is None:
-            _duration = create_duration()
-        return MethodDurationInterceptor(method, _duration)
+    return MethodDurationInterceptor(method, _create_duration())
 
 
+@process_wide
 def needs_attention() -> Gauge:
     """The process-wide gauge of PENDING orders flagged for a person (set by recovery)."""
-    global _attention
-    with _lock:
-        if _attention is None:
-            _attention = Gauge(
-                m.NEEDS_ATTENTION, "PENDING orders whose saga needs a person to look at it"
-            )
-        return _attention
+    return Gauge(m.NEEDS_ATTENTION, "PENDING orders whose saga needs a person to look at it")
 
 
-def rate_limit_decisions() -> RateLimitDecisions:
-    """The process-wide counter of the rate limit's decisions."""
-    global _decisions
-    with _lock:
-        if _decisions is None:
-            _decisions = RateLimitDecisions()
-        return _decisions
+rate_limit_decisions = process_wide(RateLimitDecisions)
+"""The process-wide counter of the rate limit's decisions."""

@@ -27,6 +27,7 @@ from meshkit import tracing
 from meshkit.errors import ErrorMappingInterceptor
 from meshkit.health import Check, DependencyHealth
 from meshkit.limits import MAX_RECEIVE_MESSAGE_BYTES
+from meshkit.process_wide import process_wide
 from meshkit.tls import ENVOY, PeerIdentityInterceptor, WorkloadTls, spiffe_id
 
 _log = logging.getLogger(__name__)
@@ -89,27 +90,17 @@ class ListenSettings(Protocol):
 #: Adds one servicer to a server, e.g. ``lambda s: add_FooServicer_to_server(FooServicer(), s)``.
 Registration = Callable[[grpc.Server], None]
 
-_metrics_interceptor: PromServerInterceptor | None = None
-_resilience_listener: resilience.PrometheusListener | None = None
-_metrics_lock = threading.Lock()
 
-
+@process_wide
 def metrics_interceptor() -> PromServerInterceptor:
     """The process-wide RED metrics interceptor (go-grpc-prometheus names, one registry)."""
-    global _metrics_interceptor
-    with _metrics_lock:
-        if _metrics_interceptor is None:
-            _metrics_interceptor = PromServerInterceptor(enable_handling_time_histogram=True)
-        return _metrics_interceptor
+    return PromServerInterceptor(enable_handling_time_histogram=True)
 
 
+@process_wide
 def resilience_metrics() -> resilience.PrometheusListener:
     """The process-wide listener exporting the resilience pipeline's metrics (one registry)."""
-    global _resilience_listener
-    with _metrics_lock:
-        if _resilience_listener is None:
-            _resilience_listener = resilience.PrometheusListener()
-        return _resilience_listener
+    return resilience.PrometheusListener()
 
 
 @dataclass(slots=True)
