@@ -90,6 +90,25 @@ def charge_metric(stack: Stack, name: str, **labels: str) -> int:
     return int(metric_sum(port, name, target="payment", method=CHARGE, **labels))
 
 
+def place_at_8_in_flight(edge: grpc.Channel, prefix: str, count: int) -> list[order_pb2.Order]:
+    """``count`` new orders of one customer through the edge, 8 in flight, over the SKUs."""
+    stub = order_pb2_grpc.OrderServiceStub(edge)
+
+    def place(i: int) -> order_pb2.Order:
+        order: order_pb2.Order = stub.CreateOrder(
+            order_pb2.CreateOrderRequest(
+                customer_id="cust-faults",
+                request_id=f"{prefix}-{i}",
+                lines=[money_pb2.Line(sku=SKUS[i % len(SKUS)], quantity=1)],
+            ),
+            timeout=30,
+        )
+        return order
+
+    with futures.ThreadPoolExecutor(IN_FLIGHT) as pool:
+        return list(pool.map(place, range(count)))
+
+
 def place_orders(stack: Stack, count: int) -> Load:
     """``count`` orders at 8 in flight; once recovery has ended them all, stock and money
     moved exactly once per CONFIRMED order."""
@@ -98,21 +117,7 @@ def place_orders(stack: Stack, count: int) -> Load:
     reached_before = sum(payment_handled(stack, "Charge").values())
     with grpc.insecure_channel(stack.config.edge_target) as edge:
         before, since_us = stock(edge, SKUS), time.time_ns() // 1000
-        stub = order_pb2_grpc.OrderServiceStub(edge)
-
-        def place(i: int) -> order_pb2.Order:
-            order: order_pb2.Order = stub.CreateOrder(
-                order_pb2.CreateOrderRequest(
-                    customer_id="cust-faults",
-                    request_id=f"faults-{run}-{i}",
-                    lines=[money_pb2.Line(sku=SKUS[i % len(SKUS)], quantity=1)],
-                ),
-                timeout=30,
-            )
-            return order
-
-        with futures.ThreadPoolExecutor(IN_FLIGHT) as pool:
-            placed = list(pool.map(place, range(count)))
+        placed = place_at_8_in_flight(edge, f"faults-{run}", count)
         assert_settled_and_moved_once(stack, edge, before, since_us)
     return Load(
         orders=placed,
@@ -179,21 +184,7 @@ def test_after_a_payment_outage_every_order_ends_within_15_s_of_payment_returnin
     with grpc.insecure_channel(outage_stack.config.edge_target) as edge:
         before, since_us = stock(edge, SKUS), time.time_ns() // 1000
         outage_stack.supervisor.ctl("stop", "payment_v1", "payment_v2")
-        stub = order_pb2_grpc.OrderServiceStub(edge)
-
-        def place(i: int) -> order_pb2.Order:
-            order: order_pb2.Order = stub.CreateOrder(
-                order_pb2.CreateOrderRequest(
-                    customer_id="cust-outage",
-                    request_id=f"outage-{run}-{i}",
-                    lines=[money_pb2.Line(sku=SKUS[i % len(SKUS)], quantity=1)],
-                ),
-                timeout=30,
-            )
-            return order
-
-        with futures.ThreadPoolExecutor(IN_FLIGHT) as pool:
-            during = list(pool.map(place, range(100)))
+        during = place_at_8_in_flight(edge, f"outage-{run}", 100)
         assert not any(order.status == CONFIRMED for order in during)
         refused = [o for o in during if "circuit breaker" in o.failure_reason]
         assert len(refused) >= 50, [o.failure_reason for o in during][:3]  # failing fast
