@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
-import time
 from collections.abc import Callable
 
 import redis
 
+from bench import _interleave
 from meshkit.redis_client import connect
 from meshkit.testing import redis_server
 from order_service.claims import CLAIM_WITH_LEASE, Claim, Claims, claim_key
@@ -79,15 +78,6 @@ def _variants(client: redis.Redis) -> dict[str, Callable[[], object]]:
     }
 
 
-def _block(call: Callable[[], object], calls: int) -> list[float]:
-    took = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        call()
-        took.append(time.perf_counter() - start)
-    return took
-
-
 def _server_usec(client: redis.Redis) -> int:
     """Redis's time in every command so far but INFO (this probe's own)."""
     stats = client.info("commandstats")
@@ -96,39 +86,24 @@ def _server_usec(client: redis.Redis) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench lease")
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--calls", type=int, default=2_000, help="calls per variant per round")
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 500 calls")
-    args = parser.parse_args()
-    if args.quick:
-        args.rounds, args.calls = 2, 500
+    _interleave.add_arguments(parser)
+    args = _interleave.parse(parser)
     with redis_server() as server:
         client = connect(server.url)
-        variants = _variants(client)
-        for call in variants.values():  # warm up: connection, script cache
-            _block(call, 200)
-        seen: dict[str, list[float]] = {name: [] for name in VARIANTS}
-        server_us = dict.fromkeys(VARIANTS, 0)
-        # Each round runs the variants in another order, so drift hits them alike.
-        orders = list(itertools.permutations(VARIANTS))
-        for r in range(args.rounds):
-            for name in orders[(r * 7) % len(orders)]:
-                before = _server_usec(client)
-                seen[name] += _block(variants[name], args.calls)
-                server_us[name] += _server_usec(client) - before
+        seen, server_us = _interleave.interleaved(
+            _variants(client),
+            rounds=args.rounds,
+            calls=args.calls,
+            counter=lambda: _server_usec(client),
+        )
         client.close()
 
-    base = statistics.median(seen["ping"])
+    base, _ = _interleave.median_and_p99_us(seen["ping"])
     print(f"{'variant':<15} {'median us':>10} {'p99 us':>8} {'x ping':>7} {'redis us':>9}")
     for name in VARIANTS:
-        took = sorted(seen[name])
-        median = statistics.median(took)
-        p99 = took[int(len(took) * 0.99)]
-        in_redis = server_us[name] / len(took)
-        print(
-            f"{name:<15} {median * 1e6:>10.1f} {p99 * 1e6:>8.1f} {median / base:>7.2f}"
-            f" {in_redis:>9.2f}"
-        )
+        median, p99 = _interleave.median_and_p99_us(seen[name])
+        in_redis = server_us[name] / len(seen[name])
+        print(f"{name:<15} {median:>10.1f} {p99:>8.1f} {median / base:>7.2f} {in_redis:>9.2f}")
 
 
 if __name__ == "__main__":

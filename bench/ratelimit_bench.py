@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
-import time
 from collections.abc import Callable
 
 import redis
 
+from bench import _interleave
 from meshkit.errors import ResourceExhausted
 from meshkit.redis_client import connect
 from meshkit.testing import redis_server
@@ -53,15 +52,6 @@ def _variants(client: redis.Redis) -> dict[str, Callable[[], object]]:
     }
 
 
-def _block(call: Callable[[], object], calls: int) -> list[float]:
-    took = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        call()
-        took.append(time.perf_counter() - start)
-    return took
-
-
 def _server_usec(client: redis.Redis) -> dict[str, float]:
     stats = client.info("commandstats")
     return {
@@ -73,33 +63,21 @@ def _server_usec(client: redis.Redis) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench rate-limit")
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--calls", type=int, default=2_000, help="calls per variant per round")
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 500 calls")
-    args = parser.parse_args()
-    if args.quick:
-        args.rounds, args.calls = 2, 500
+    _interleave.add_arguments(parser)
+    args = _interleave.parse(parser)
     with redis_server() as server:
         client = connect(server.url)
         variants = _variants(client)
-        for call in variants.values():  # warm up: connection, script cache
-            _block(call, 200)
         client.config_resetstat()
-        seen: dict[str, list[float]] = {name: [] for name in VARIANTS}
-        orders = list(itertools.permutations(VARIANTS))
-        for r in range(args.rounds):
-            for name in orders[r % len(orders)]:
-                seen[name] += _block(variants[name], args.calls)
+        seen, _ = _interleave.interleaved(variants, rounds=args.rounds, calls=args.calls)
         server_usec = _server_usec(client)
         client.close()
 
-    base = statistics.median(seen["ping"])
+    base, _ = _interleave.median_and_p99_us(seen["ping"])
     print(f"{'variant':<8} {'median us':>10} {'p99 us':>8} {'x ping':>7}")
     for name in VARIANTS:
-        took = sorted(seen[name])
-        median = statistics.median(took)
-        p99 = took[int(len(took) * 0.99)]
-        print(f"{name:<8} {median * 1e6:>10.1f} {p99 * 1e6:>8.1f} {median / base:>7.2f}")
+        median, p99 = _interleave.median_and_p99_us(seen[name])
+        print(f"{name:<8} {median:>10.1f} {p99:>8.1f} {median / base:>7.2f}")
     print("redis-server's own time per call (usec_per_call):")
     for name, usec in server_usec.items():
         print(f"  {name:<8} {usec:.2f}")
