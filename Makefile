@@ -7,7 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 GEN := gen/python
 PROTOS := $(shell find protos -name '*.proto')
-LOCAL_PACKAGES := libs/resilience libs/meshkit libs/meshctl services/inventory services/payment services/order
+LOCAL_PACKAGES := libs/resilience libs/meshkit libs/meshctl services/inventory services/payment services/order \
+	services/notification
 VENV_STAMP := $(VENV)/.installed
 GEN_STAMP := $(GEN)/.generated
 BUF := node_modules/.bin/buf
@@ -66,6 +67,20 @@ logs: ## tail the logs of every process (LINES=n)
 canary: ## move the payment canary weights live: make canary V1=50 V2=50
 	$(PY) -m meshctl canary $(V1) $(V2)
 
+# Faults on the internal hop (Envoy's fault filter) or inside payment's servers, live. In
+# `make fault clear`, clear is a second goal: the command's word, and a no-op of its own.
+.PHONY: fault
+fault: ## faults live: make fault TARGET=payment_v2 ABORT=20 CODE=UNAVAILABLE | DELAY_MS=800 PERCENT=50 [AT=server]; make fault clear; alone, lists them
+	@$(PY) -m meshctl fault $(filter clear,$(MAKECMDGOALS)) $(if $(TARGET),--target '$(TARGET)') \
+		$(if $(ABORT),--abort '$(ABORT)') $(if $(CODE),--code '$(CODE)') \
+		$(if $(DELAY_MS),--delay-ms '$(DELAY_MS)') $(if $(PERCENT),--percent '$(PERCENT)') \
+		$(if $(AT),--at '$(AT)')
+ifneq ($(filter fault,$(MAKECMDGOALS)),)
+.PHONY: clear
+clear:
+	@:
+endif
+
 # Jaeger and Grafana come from Docker, for those who have it; the mesh itself never needs it.
 # Docker Desktop forwards host.docker.internal to the host's loopback, where the mesh listens;
 # a Linux engine's bridge does not, so there Grafana shares the host's network
@@ -95,6 +110,18 @@ test: setup ## set up and run the whole suite
 .PHONY: bench
 bench: setup ## run the benchmarks under bench/
 	$(PY) -m bench
+
+# Locust against the running mesh (load/): its web UI on 127.0.0.1:LOAD_WEB_PORT, or with
+# HEADLESS=1 a run of DURATION (default 60s) writing CSV statistics to var/load/.
+USERS ?= 10
+RATE ?= 5
+PACE ?= 1
+DURATION ?=
+LOAD_WEB_PORT ?= 8089
+.PHONY: load
+load: venv gen ## Locust's shoppers on the running mesh (USERS, RATE users/s, PACE tasks/s, DURATION, HEADLESS=1)
+	$(PY) -m load --users $(USERS) --spawn-rate $(RATE) --pace $(PACE) --web-port $(LOAD_WEB_PORT) \
+		$(if $(DURATION),--run-time $(DURATION)) $(if $(HEADLESS),--headless)
 
 $(BUF): package.json
 	npm install --silent --no-audit --no-fund
