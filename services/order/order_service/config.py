@@ -10,10 +10,10 @@ from pathlib import Path
 import resilience
 from mesh.inventory.v1 import inventory_pb2
 from mesh.payment.v1 import payment_pb2
-from meshkit import settings
+from meshkit import order_events, settings
 from meshkit.settings import SettingsError
 from meshkit.tls import WorkloadTls, workload_tls
-from order_service import stuck
+from order_service import outbox, stuck
 from order_service.leases import DEFAULT_LEASE_MS
 from order_service.ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, RateLimitOptions
 
@@ -128,6 +128,22 @@ RATE_BURST = settings.integer(
     doc="new orders a customer may place at once after a pause; then ORDER_RATE_PER_S",
 )
 
+EVENTS_MAXLEN = settings.integer(
+    "ORDER_EVENTS_MAXLEN",
+    order_events.DEFAULT_MAXLEN,
+    lo=0,
+    hi=1_000_000_000,
+    doc=f"order events the {order_events.STREAM} stream keeps at least (XADD MAXLEN ~);"
+    " 0: no events (no outbox, no relay)",
+)
+OUTBOX_POLL_S = settings.number(
+    "ORDER_OUTBOX_POLL_S",
+    outbox.DEFAULT_POLL_S,
+    lo=0.01,
+    hi=3_600,
+    doc="longest wait of the outbox relay between looks (a commit wakes it at once)",
+)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
@@ -151,6 +167,8 @@ class Settings:
     create_max_in_flight: int = CREATE_MAX_IN_FLIGHT.field()
     rate_per_s: float = RATE_PER_S.field()
     rate_burst: int = RATE_BURST.field()
+    events_maxlen: int = EVENTS_MAXLEN.field()
+    outbox_poll_s: float = OUTBOX_POLL_S.field()
     #: mTLS as spiffe://mesh.local/order: serving, and calling Envoy's internal listener.
     tls: WorkloadTls | None = None
     #: Deadlines, retries, breakers and bulkheads of the outbound channels (validated at start-up).
@@ -176,6 +194,11 @@ class Settings:
     @property
     def rate_limit(self) -> RateLimitOptions:
         return RateLimitOptions(per_s=self.rate_per_s, burst=self.rate_burst)
+
+    @property
+    def events(self) -> bool:
+        """Whether finished orders' events go through the outbox to the stream."""
+        return self.events_maxlen > 0
 
     @property
     def call_timeout_s(self) -> float:

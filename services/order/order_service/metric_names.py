@@ -25,3 +25,12 @@ NEEDS_ATTENTION = "order_needs_attention"
 #: limited (refused with RESOURCE_EXHAUSTED), or redis_unavailable (let through unlimited).
 #: A retry of an accepted request_id is not looked at, so not counted. Never by customer.
 RATE_LIMIT_DECISIONS = "order_rate_limit_decisions_total"
+#: Events of finished orders waiting in the outbox to be published to the order events stream
+#: (meshkit.order_events), read by the relay after each round. No labels.
+OUTBOX_PENDING = "order_outbox_pending"
+#: How long the oldest event in the outbox has waited (0 when it is empty). No labels.
+OUTBOX_OLDEST_AGE = "order_outbox_oldest_age_seconds"
+#: Events the relay published to the stream; a republish after a crash counts again.
+EVENTS_PUBLISHED = "order_events_published_total"
+#: Relay rounds that could not publish (Redis did not answer); retried with a backoff.
+EVENTS_PUBLISH_FAILURES = "order_events_publish_failures_total"

@@ -1,5 +1,5 @@
 """The order service's own metrics: how sagas end, CreateOrder's latency with exemplars, the
-orders that need a person, and what the per-customer rate limit did.
+orders that need a person, what the per-customer rate limit did, and the outbox relay.
 
 CreateOrder answers OK whether its saga CONFIRMED the order or FAILED it, so the gRPC codes
 say nothing of a payment service that declines nothing but is down: :class:`SagaOutcomes`
@@ -14,6 +14,7 @@ from meshkit.method_metrics import MethodDurationInterceptor
 from meshkit.process_wide import process_wide
 from order_service import metric_names as m
 from order_service.domain import Reason, Status
+from order_service.outbox import Backlog, RelayListener
 from order_service.ratelimit import Outcome
 
 #: The (outcome, reason) pairs a run can end in; each series exists from start-up at 0, so a
@@ -100,3 +101,39 @@ def needs_attention() -> Gauge:
 
 rate_limit_decisions = process_wide(RateLimitDecisions)
 """The process-wide counter of the rate limit's decisions."""
+
+
+class OutboxMetrics(RelayListener):
+    """The outbox relay's backlog and what it published (see metric_names)."""
+
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
+        self._pending = Gauge(
+            m.OUTBOX_PENDING, "Order events waiting in the outbox", registry=registry
+        )
+        self._oldest = Gauge(
+            m.OUTBOX_OLDEST_AGE,
+            "Seconds the oldest order event in the outbox has waited",
+            registry=registry,
+        )
+        self._published = Counter(
+            m.EVENTS_PUBLISHED, "Order events published to the stream", registry=registry
+        )
+        self._failures = Counter(
+            m.EVENTS_PUBLISH_FAILURES,
+            "Outbox relay rounds that could not publish (redis unavailable)",
+            registry=registry,
+        )
+
+    def published(self, count: int) -> None:
+        self._published.inc(count)
+
+    def failed(self) -> None:
+        self._failures.inc()
+
+    def backlog(self, backlog: Backlog) -> None:
+        self._pending.set(backlog.pending)
+        self._oldest.set(backlog.oldest_age_s)
+
+
+outbox_metrics = process_wide(OutboxMetrics)
+"""The process-wide outbox relay metrics."""

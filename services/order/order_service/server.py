@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import grpc
@@ -21,10 +22,12 @@ from order_service.leases import Leases
 from order_service.metrics import (
     create_duration_interceptor,
     needs_attention,
+    outbox_metrics,
     rate_limit_decisions,
     saga_outcomes,
 )
 from order_service.orders import Orders
+from order_service.outbox import Relay
 from order_service.ratelimit import rate_limit
 from order_service.recovery import Recovery
 from order_service.saga import Saga
@@ -59,12 +62,22 @@ class OrderApp:
     stuck: StuckOrders
     orders: Orders
     recovery: Recovery
+    #: None when events are off (ORDER_EVENTS_MAXLEN=0).
+    relay: Relay | None
 
     def ping_redis(self) -> None:
         self.redis.ping()
 
+    def start(self) -> None:
+        """Starts the background work: recovery and the outbox relay."""
+        self.recovery.start()
+        if self.relay is not None:
+            self.relay.start()
+
     def close(self) -> None:
         self.recovery.stop()
+        if self.relay is not None:
+            self.relay.stop()
         self.leases.close()
         for channel in self.channels:
             channel.close()
@@ -90,7 +103,8 @@ def build_app(settings: Settings) -> OrderApp:
         credentials=credentials,
         listeners=listeners,
     )
-    store = OrderStore(db)
+    wakeup = threading.Event()
+    store = OrderStore(db, events=settings.events, on_event=wakeup.set)
     claims = Claims(client)
     leases = Leases(client, settings.lease_ms)
     saga = Saga(
@@ -132,11 +146,22 @@ def build_app(settings: Settings) -> OrderApp:
             on_outcome=outcomes.record,
             on_attention=needs_attention().set,
         ),
+        relay=Relay(
+            store,
+            client,
+            wakeup,
+            maxlen=settings.events_maxlen,
+            poll_s=settings.outbox_poll_s,
+            listener=outbox_metrics(),
+        )
+        if settings.events
+        else None,
     )
 
 
 def serve(settings: Settings) -> RunningServer:
-    """Starts the server and the recovery loop; ``RunningServer.stop()`` stops both."""
+    """Starts the server, the recovery loop and the outbox relay; ``RunningServer.stop()``
+    stops them all."""
     app = build_app(settings)
     servicer = OrderServicer(app.orders, settings.duplicate_wait_s)
     running = build_server(
@@ -150,6 +175,6 @@ def serve(settings: Settings) -> RunningServer:
             ConcurrencyLimitInterceptor({CREATE_ORDER: settings.create_max_in_flight}),
         ],
     )
-    app.recovery.start()
+    app.start()
     running.on_stop.append(app.close)
     return running

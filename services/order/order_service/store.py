@@ -1,4 +1,5 @@
-"""The orders table in SQLite; request_id claims and saga leases are in claims.py and leases.py."""
+"""The orders table in SQLite, and the outbox of the events of finished orders (published by
+outbox.py); request_id claims and saga leases are in claims.py and leases.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from meshkit import order_events, tracing
+from meshkit.order_events import OrderEvent
 from meshkit.sqlite import Database
 from order_service.domain import Line, Money, Order, Status, Step
 from order_service.ports import FencedOut
@@ -51,6 +54,17 @@ MIGRATIONS = (
     """
     ALTER TABLE orders ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
     """,
+    # The transactional outbox: a finished order's event, written in the transaction that
+    # finishes it and deleted once it is on the stream. AUTOINCREMENT: a seq is never reused
+    # after a delete, so seq order is commit order. Orders finished before it have no event.
+    """
+    CREATE TABLE outbox (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id   TEXT NOT NULL UNIQUE,          -- meshkit.order_events.event_id
+        fields     TEXT NOT NULL,                 -- JSON: the stream entry's fields
+        created_at INTEGER NOT NULL               -- unix milliseconds
+    );
+    """,
 )
 
 Clock = Callable[[], int]
@@ -81,6 +95,15 @@ class Stuck:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One event waiting in the outbox to be published."""
+
+    seq: int
+    fields: dict[str, str]
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Cursor:
     """Where a newest-first page ended: the last order's create_time and id."""
 
@@ -90,11 +113,25 @@ class Cursor:
 
 class OrderStore:
     """The orders table. Every saga write stamps update_time and carries its runner's fencing
-    token: one older than the row's is refused with FencedOut. Only PENDING orders can change."""
+    token: one older than the row's is refused with FencedOut. Only PENDING orders can change.
 
-    def __init__(self, db: Database, clock: Clock = wall_clock_us) -> None:
+    The save that finishes an order (CONFIRMED or FAILED) also puts its event in the outbox, in
+    the same transaction (unless ``events`` is off), and calls ``on_event`` once it has
+    committed, so the relay publishes it at once rather than at its next poll.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock = wall_clock_us,
+        *,
+        events: bool = True,
+        on_event: Callable[[], None] = lambda: None,
+    ) -> None:
         self._db = db
         self._clock = clock
+        self._events = events
+        self._on_event = on_event
 
     def ping(self) -> None:
         self._db.ping()
@@ -175,8 +212,15 @@ class OrderStore:
                     fence,
                 ),
             )
-            if cursor.rowcount == 1:
-                return replace(order, update_time_us=now, fence=fence)
+            saved = cursor.rowcount == 1
+            # The status guard above lets one save finish an order, so it has one event.
+            event = saved and self._events and order.status is not Status.PENDING
+            if event:
+                _add_event(conn, order, now // 1000)
+        if saved:
+            if event:
+                self._on_event()
+            return replace(order, update_time_us=now, fence=fence)
         stored = self.get(order.order_id)
         if stored is None:
             raise LookupError(f"order {order.order_id} vanished")
@@ -310,6 +354,29 @@ class OrderStore:
         rows = self._db.read().execute(query, order_ids)
         return dict(rows.fetchall())
 
+    # --- the outbox ---------------------------------------------------------------------------
+
+    def outbox(self, limit: int) -> list[OutboxRow]:
+        """The oldest ``limit`` events not yet published, in the order they were committed."""
+        rows = self._db.read().execute(
+            "SELECT seq, fields, created_at FROM outbox ORDER BY seq LIMIT ?", (limit,)
+        )
+        return [OutboxRow(seq, json.loads(fields), at) for seq, fields, at in rows]
+
+    def published(self, seqs: list[int]) -> None:
+        """Deletes events now on the stream."""
+        if not seqs:
+            return
+        marks = ",".join("?" * len(seqs))
+        with self._db.write() as conn:
+            conn.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", seqs)  # noqa: S608 - ?s
+
+    def outbox_backlog(self) -> tuple[int, int | None]:
+        """How many events wait in the outbox, and when the oldest was committed (unix ms)."""
+        row = self._db.read().execute("SELECT count(*), min(created_at) FROM outbox")
+        count, oldest = row.fetchone()
+        return count, oldest
+
     def needing_attention(self) -> int:
         """How many PENDING orders are flagged for a person."""
         row = self._db.read().execute(
@@ -317,6 +384,32 @@ class OrderStore:
         )
         count: int = row.fetchone()[0]
         return count
+
+
+def order_event(order: Order, occurred_at_ms: int, trace_id: str) -> OrderEvent:
+    """The event of a finished order."""
+    confirmed = order.status is Status.CONFIRMED
+    status = order_events.STATUS_CONFIRMED if confirmed else order_events.STATUS_FAILED
+    return OrderEvent(
+        event_id=order_events.event_id(order.order_id, status),
+        type=order_events.ORDER_CONFIRMED if confirmed else order_events.ORDER_FAILED,
+        order_id=order.order_id,
+        customer_id=order.customer_id,
+        status=status,
+        reason=order.failure_reason,
+        total_units=None if order.total is None else order.total.amount_minor,
+        total_currency=None if order.total is None else order.total.currency_code,
+        occurred_at_ms=occurred_at_ms,
+        trace_id=trace_id,
+    )
+
+
+def _add_event(conn: sqlite3.Connection, order: Order, now_ms: int) -> None:
+    event = order_event(order, now_ms, tracing.current_trace_id() or "")
+    conn.execute(
+        "INSERT INTO outbox (event_id, fields, created_at) VALUES (?, ?, ?)",
+        (event.event_id, json.dumps(event.to_fields()), now_ms),
+    )
 
 
 def _lines_json(lines: tuple[Line, ...]) -> str:
