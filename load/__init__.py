@@ -1,0 +1,1 @@
+"""Load for the running mesh: a Locust user that shops through the edge (``make load``)."""
