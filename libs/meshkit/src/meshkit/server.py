@@ -24,6 +24,7 @@ from py_grpc_prometheus.prometheus_server_interceptor import PromServerIntercept
 
 import resilience
 from meshkit import tracing
+from meshkit._handlers import InterceptedOncePerMethod
 from meshkit.errors import ErrorMappingInterceptor
 from meshkit.health import Check, DependencyHealth
 from meshkit.limits import MAX_RECEIVE_MESSAGE_BYTES
@@ -153,12 +154,16 @@ def build_server(
         # Tracing goes outermost, so its span covers every other interceptor's work and a call
         # they refuse is still traced.
         interceptors=[
-            *tracing.server_interceptors(),
-            metrics_interceptor(),
-            *peer_check,
-            resilience.DeadlineServerInterceptor(),
-            ErrorMappingInterceptor(),
-            *interceptors,
+            InterceptedOncePerMethod(
+                [
+                    *tracing.server_interceptors(),
+                    metrics_interceptor(),
+                    *peer_check,
+                    resilience.DeadlineServerInterceptor(),
+                    ErrorMappingInterceptor(),
+                    *interceptors,
+                ]
+            )
         ],
         # Above this grpcio answers RESOURCE_EXHAUSTED before any handler runs (meshkit.limits).
         options=[
