@@ -27,12 +27,11 @@ class InterceptedOncePerMethod(grpc.ServerInterceptor):  # type: ignore[misc]  #
     """``interceptors`` (outermost first), each run once per method instead of once per call.
 
     grpcio runs every server interceptor's ``intercept_service`` on every call, and each builds
-    the same wrapped handler again: with meshkit's six that was ~17% of a backend's GIL time
-    (py-spy, payment under CreateOrder load). The handler a method gets is kept and reused, so
-    an interceptor given to this must build its handler from ``handler_call_details.method``
-    alone and do its per-call work inside the behaviour it returns (every meshkit, resilience
-    and tracing interceptor does). Only methods some service answers are kept: a client's
-    made-up method names cannot grow it.
+    the same wrapped handler again: ~20 µs a call for a backend's five here, 0.5 µs this way.
+    The handler a method gets is kept and reused, so an interceptor given to this must build
+    its handler from ``handler_call_details.method`` alone and do its per-call work inside the
+    behaviour it returns (every meshkit, resilience and tracing interceptor does). Only methods
+    some service answers are kept: a client's made-up method names cannot grow it.
     """
 
     def __init__(self, interceptors: Sequence[grpc.ServerInterceptor]) -> None:
