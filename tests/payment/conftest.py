@@ -69,8 +69,15 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def base_settings(data_dir: Path) -> Settings:
-    return Settings(host="127.0.0.1", port=0, metrics_port=None, data_dir=data_dir)
+def base_settings(data_dir: Path, tmp_path: Path) -> Settings:
+    # Its own faults dir: the default is the checkout's, where `make up`'s servers read theirs.
+    return Settings(
+        host="127.0.0.1",
+        port=0,
+        metrics_port=None,
+        data_dir=data_dir,
+        faults_dir=tmp_path / "faults",
+    )
 
 
 @pytest.fixture

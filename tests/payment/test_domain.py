@@ -147,6 +147,19 @@ def test_latency_is_added_through_the_injected_sleep() -> None:
     assert slept == [0.25, 0.25]
 
 
+def test_latency_on_a_share_of_the_calls_draws_for_it_before_the_failure() -> None:
+    slept: list[float] = []
+    draws = iter([0.3, 0.9, 0.6, 0.1])
+    policy = FaultPolicy(
+        rate=0.5, latency_s=0.1, latency_rate=0.5, random=lambda: next(draws), sleep=slept.append
+    )
+    # Call 1: delayed (0.3 < 0.5), not failed (0.9); call 2: not delayed (0.6), failed (0.1).
+    assert [policy.strikes(), policy.strikes()] == [False, True]
+    assert slept == [0.1]
+    with pytest.raises(ValueError, match="latency_rate"):
+        FaultPolicy(latency_rate=1.5)
+
+
 @pytest.mark.parametrize(("rate", "latency_s"), [(-0.1, 0.0), (1.01, 0.0), (0.5, -1.0)])
 def test_fault_policy_rejects_bad_values(rate: float, latency_s: float) -> None:
     with pytest.raises(ValueError, match="must be"):

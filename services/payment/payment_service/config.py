@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from meshkit import settings
+from meshkit import faults, settings
 from meshkit.tls import WorkloadTls, workload_tls
 
 VERSIONS = ("v1", "v2")
@@ -75,6 +75,9 @@ class Settings:
     fault_rate: float = FAULT_RATE.field()
     fault_code: grpc.StatusCode = FAULT_CODE.field()
     latency_ms: int = LATENCY_MS.field()
+    #: Where the live faults file ``payment_<version>.json`` is, that replaces the three above
+    #: while it exists (``make fault AT=server``, meshkit.faults).
+    faults_dir: Path = faults.FAULTS_DIR.field()
     #: Serve only mTLS, as spiffe://mesh.local/payment; None serves plaintext (MESH_MTLS=0).
     tls: WorkloadTls | None = None
 
@@ -84,6 +87,10 @@ class Settings:
     @property
     def db_path(self) -> Path:
         return self.data_dir / DB_FILE
+
+    @property
+    def fault_file(self) -> Path:
+        return faults.fault_path(self.faults_dir, f"payment_{self.version}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:

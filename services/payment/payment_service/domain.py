@@ -144,10 +144,13 @@ def after_void(payment: Payment) -> PaymentState:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FaultPolicy:
-    """What PAYMENT_LATENCY_MS and PAYMENT_FAULT_RATE do to a Charge; RNG and sleep injected."""
+    """What PAYMENT_LATENCY_MS and PAYMENT_FAULT_RATE (or the live fault file) do to a Charge:
+    ``latency_s`` added to a ``latency_rate`` share of them, then a ``rate`` share failing. RNG
+    and sleep injected."""
 
     rate: float = 0.0
     latency_s: float = 0.0
+    latency_rate: float = 1.0
     random: Callable[[], float] = field(default=random.random)
     sleep: Callable[[float], None] = field(default=time.sleep)
 
@@ -156,16 +159,22 @@ class FaultPolicy:
             raise ValueError(f"rate must be in 0.0..1.0, got {self.rate}")
         if self.latency_s < 0:
             raise ValueError(f"latency_s must be >= 0, got {self.latency_s}")
+        if not 0.0 <= self.latency_rate <= 1.0:
+            raise ValueError(f"latency_rate must be in 0.0..1.0, got {self.latency_rate}")
 
     def strikes(self) -> bool:
         """Adds the configured latency, then says whether this call is to fail.
 
-        The RNG is drawn only when 0 < rate < 1, so rate 0 and 1 never depend on it.
+        The RNG is drawn only for a rate strictly between 0 and 1, so rates of 0 and 1 never
+        depend on it.
         """
-        if self.latency_s > 0:
+        if self.latency_s > 0 and self._hits(self.latency_rate):
             self.sleep(self.latency_s)
-        if self.rate <= 0.0:
+        return self._hits(self.rate)
+
+    def _hits(self, rate: float) -> bool:
+        if rate <= 0.0:
             return False
-        if self.rate >= 1.0:
+        if rate >= 1.0:
             return True
-        return self.random() < self.rate
+        return self.random() < rate

@@ -9,10 +9,12 @@ from collections.abc import Callable
 import grpc
 
 from mesh.payment.v1 import payment_pb2, payment_pb2_grpc
+from meshkit.faults import FaultFile
 from meshkit.server import RunningServer, ServerOptions, build_server
 
 from .config import Settings
 from .domain import FaultPolicy
+from .faults import ChargeFaults, LiveFaults
 from .servicer import PaymentServicer
 from .store import PaymentStore
 
@@ -27,13 +29,17 @@ def serve(
 ) -> RunningServer:
     """Opens the shared payment database and starts serving; ``rng``/``sleep`` drive the faults."""
     store = PaymentStore(settings.db_path, version=settings.version)
-    faults = FaultPolicy(
-        rate=settings.fault_rate,
-        latency_s=settings.latency_ms / 1000,
-        random=(rng or random.Random()).random,
+    draw = (rng or random.Random()).random
+    initial = FaultPolicy(
+        rate=settings.fault_rate, latency_s=settings.latency_ms / 1000, random=draw, sleep=sleep
+    )
+    faults = LiveFaults(
+        ChargeFaults(initial, settings.fault_code, f"PAYMENT_FAULT_RATE={settings.fault_rate}"),
+        FaultFile(settings.fault_file),
+        random=draw,
         sleep=sleep,
     )
-    servicer = PaymentServicer(store, faults, settings.fault_code)
+    servicer = PaymentServicer(store, faults)
 
     def register(server: grpc.Server) -> None:
         payment_pb2_grpc.add_PaymentServiceServicer_to_server(servicer, server)

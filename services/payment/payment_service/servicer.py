@@ -9,7 +9,8 @@ from mesh.payment.v1 import payment_pb2, payment_pb2_grpc
 from meshkit.errors import MeshError
 
 from . import domain
-from .domain import FaultPolicy, Money, Payment, PaymentState
+from .domain import Money, Payment, PaymentState
+from .faults import LiveFaults
 from .store import PaymentStore
 
 _STATES = {
@@ -21,10 +22,10 @@ _STATES = {
 
 
 class InjectedFault(MeshError):
-    """The failure PAYMENT_FAULT_RATE asks for, with the status PAYMENT_FAULT_CODE names."""
+    """The failure PAYMENT_FAULT_RATE (or the live fault file) asks for, with its status."""
 
-    def __init__(self, code: grpc.StatusCode, rate: float) -> None:
-        super().__init__(f"injected fault (PAYMENT_FAULT_RATE={rate})")
+    def __init__(self, code: grpc.StatusCode, source: str) -> None:
+        super().__init__(f"injected fault ({source})")
         self.code = code
 
 
@@ -44,20 +45,18 @@ def to_proto(payment: Payment) -> payment_pb2.Payment:
 
 
 class PaymentServicer(payment_pb2_grpc.PaymentServiceServicer):
-    def __init__(
-        self, store: PaymentStore, faults: FaultPolicy, fault_code: grpc.StatusCode
-    ) -> None:
+    def __init__(self, store: PaymentStore, faults: LiveFaults) -> None:
         self._store = store
         self._faults = faults
-        self._fault_code = fault_code
 
     def Charge(  # noqa: N802  # gRPC method names come from the proto
         self, request: payment_pb2.ChargeRequest, context: grpc.ServicerContext
     ) -> payment_pb2.Payment:
         # Faults come first, before validation or any I/O: the demo wants a sick service,
         # and compensation (VoidCharge, Refund) stays healthy while Charge is failing.
-        if self._faults.strikes():
-            raise InjectedFault(self._fault_code, self._faults.rate)
+        faults = self._faults.current()
+        if faults.policy.strikes():
+            raise InjectedFault(faults.code, faults.source)
         charge = domain.ChargeRequest(
             order_id=request.order_id,
             customer_id=request.customer_id,

@@ -1,4 +1,4 @@
-"""``python -m meshctl up|down|status|logs|canary``: what the Makefile's targets run."""
+"""``python -m meshctl up|down|status|logs|canary|fault``: what the Makefile's targets run."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
-from meshctl import logview
+from meshctl import faults, logview
 from meshctl.config import StackConfig, StackError
 from meshctl.report import orphan_table, status_table
 from meshctl.stack import DEFAULT_LOG_LINES, Stack
@@ -41,6 +41,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
     canary = commands.add_parser("canary", help="set payment v1/v2 weights live")
     canary.add_argument("v1", type=int)
     canary.add_argument("v2", type=int)
+    fault = commands.add_parser(
+        "fault", help="put faults on, or clear them, live; with no options, list them"
+    )
+    faults.add_arguments(fault)
     args = parser.parse_args(argv)
     if args.command == "settings":
         from meshctl.docs import settings_table  # imports every service's settings
@@ -52,6 +56,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
         return _COMMANDS[args.command](stack, args, env)
     except SettingsError as error:  # as every service does with a bad value
         print(f"meshctl: {error}", file=sys.stderr)
+        return 2
+    except faults.FaultError as error:
+        print(f"meshctl {args.command}: {error}", file=sys.stderr)
         return 2
     except (StackError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -106,10 +113,19 @@ def _canary(stack: Stack, args: argparse.Namespace, _env: Mapping[str, str]) -> 
     return 0
 
 
+def _fault(stack: Stack, args: argparse.Namespace, _env: Mapping[str, str]) -> int:
+    request = faults.parse_request(args)  # before anything else: a bad value is exit 2
+    if not stack.supervisor.is_running():
+        raise StackError("resilient-mesh is not running (make up)")
+    faults.run(request, stack.config.admin_url, stack.config.faults_dir)
+    return 0
+
+
 _COMMANDS: Mapping[str, Command] = {
     "up": _up,
     "down": _down,
     "status": _status,
     "logs": _logs,
     "canary": _canary,
+    "fault": _fault,
 }

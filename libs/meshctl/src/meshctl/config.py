@@ -165,6 +165,11 @@ class StackConfig:
         return self.run_dir / "envoy.yaml"
 
     @property
+    def faults_dir(self) -> Path:
+        """The servers' live fault files (meshkit.faults); emptied at every `up`."""
+        return self.run_dir / "faults"
+
+    @property
     def pid_record(self) -> Path:
         """Every pid the stack started (see meshctl.pidrecord); outlives supervisord."""
         return self.run_dir / RECORD_FILE

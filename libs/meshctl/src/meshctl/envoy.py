@@ -65,8 +65,9 @@ class EnvoyAdmin:
                 )
         return passed
 
-    def set_runtime(self, values: Mapping[str, int]) -> None:
-        """Sets runtime keys live (``/runtime_modify``), all in one call."""
+    def set_runtime(self, values: Mapping[str, int | str]) -> None:
+        """Sets runtime keys live (``/runtime_modify``), all in one call; an empty value removes
+        a key from the admin layer."""
         self.post(f"/runtime_modify?{urllib.parse.urlencode(values)}")
 
     def _request(self, method: str, path: str) -> str:

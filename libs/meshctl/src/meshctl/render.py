@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from meshctl import envoy, envoy_tracing
+from meshctl import envoy, envoy_tracing, faults
 from meshctl.config import StackConfig, StackError
 from meshctl.registry import (
     BACKENDS,
@@ -101,6 +101,7 @@ def program_environment(config: StackConfig) -> dict[str, str]:
         REDIS_URL=config.redis_url,
         MESH_MTLS="1" if config.mtls else "0",
         MESH_CERTS_DIR=str(config.certs_dir),
+        MESH_FAULTS_DIR=str(config.faults_dir),
         # Service-to-service calls go through Envoy's internal listener, as through a
         # sidecar: mTLS, RBAC and the payment canary apply to them.
         INVENTORY_TARGET=config.internal_target,
@@ -248,6 +249,7 @@ def envoy_yaml(config: StackConfig) -> str:
         _fill(clusters[0], {**values, **_cluster_values(config, program)}) for program in BACKENDS
     ]
     _fail_over_between(rendered["static_resources"]["clusters"], CANARY)
+    faults.with_per_cluster_faults(rendered)
     unknown = _routed_clusters(rendered) - {program.name for program in BACKENDS}
     if unknown:
         raise StackError(f"{path} routes to clusters the registry has no backend for: {unknown}")

@@ -7,6 +7,7 @@ ports in a temp dir with their own redis-server (meshctl.testing) and call :meth
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 import urllib.parse
@@ -55,6 +56,8 @@ class Stack:
         self._check_ports_free(own_redis)
         for directory in (c.run_dir, c.log_dir, c.data_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        # A fault set during an earlier run is not carried into this one (Envoy's are not).
+        shutil.rmtree(c.faults_dir, ignore_errors=True)
         if c.mtls:
             pki.ensure_certificates(c.certs_dir, WORKLOADS)
         _rotate(c.access_log, ACCESS_LOG_MAX_BYTES)
