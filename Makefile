@@ -67,6 +67,10 @@ logs: ## tail the logs of every process (LINES=n)
 canary: ## move the payment canary weights live: make canary V1=50 V2=50
 	$(PY) -m meshctl canary $(V1) $(V2)
 
+.PHONY: replay-dead-letters
+replay-dead-letters: gen ## put the notification service's dead letters back on the order events stream
+	$(PY) -m notification_service replay-dead-letters
+
 # Faults on the internal hop (Envoy's fault filter) or inside payment's servers, live. In
 # `make fault clear`, clear is a second goal: the command's word, and a no-op of its own.
 .PHONY: fault

@@ -36,7 +36,7 @@ def test_every_backend_holds_a_certificate_and_envoy_checks_each_cluster() -> No
         assert backend.backend is not None
         assert backend.workload in WORKLOADS
     assert ENVOY.workload in WORKLOADS
-    assert {"inventory", "payment", "envoy", "order"} == set(WORKLOADS)
+    assert {"inventory", "payment", "notification", "envoy", "order"} == set(WORKLOADS)
     assert isinstance(ENVOY.probe, EnvoyReady)
     assert ENVOY.probe.clusters == tuple(p.name for p in BACKENDS)
 
@@ -57,5 +57,6 @@ def test_each_service_names_its_traces_and_both_payment_deployments_are_one_serv
         "inventory": "inventory",
         "payment_v1": "payment",
         "payment_v2": "payment",
+        "notification": "notification",
         "order": "order",
     }

@@ -21,10 +21,12 @@ def test_defaults_are_the_briefs_ports(tmp_path: Path) -> None:
         "INVENTORY_PORT": 50052,
         "PAYMENT_V1_PORT": 50053,
         "PAYMENT_V2_PORT": 50054,
+        "NOTIFICATION_PORT": 50055,
         "ORDER_METRICS_PORT": 9101,
         "INVENTORY_METRICS_PORT": 9102,
         "PAYMENT_V1_METRICS_PORT": 9103,
         "PAYMENT_V2_METRICS_PORT": 9104,
+        "NOTIFICATION_METRICS_PORT": 9105,
         "PROMETHEUS_PORT": 9090,
         "REDIS_EXPORTER_PORT": 9121,
     }

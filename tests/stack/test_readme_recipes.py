@@ -21,6 +21,7 @@ import pytest
 from google.protobuf.descriptor import ServiceDescriptor
 
 from mesh.inventory.v1 import inventory_pb2
+from mesh.notification.v1 import notification_pb2
 from mesh.order.v1 import order_pb2
 from mesh.payment.v1 import payment_pb2
 from meshctl.stack import Stack
@@ -43,7 +44,7 @@ RUN_TIMEOUT_S = 30
 
 SERVICES: dict[str, ServiceDescriptor] = {
     service.full_name: service
-    for module in (order_pb2, inventory_pb2, payment_pb2)
+    for module in (order_pb2, inventory_pb2, payment_pb2, notification_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
 }
 ORDER_SERVICE = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
@@ -51,6 +52,10 @@ CREATE_ORDER = f"{ORDER_SERVICE}/CreateOrder"
 LIST_ITEMS = f"{inventory_pb2.DESCRIPTOR.services_by_name['InventoryService'].full_name}/ListItems"
 GET_PAYMENT = f"{payment_pb2.DESCRIPTOR.services_by_name['PaymentService'].full_name}/GetPayment"
 VOID_CHARGE = f"{payment_pb2.DESCRIPTOR.services_by_name['PaymentService'].full_name}/VoidCharge"
+LIST_NOTIFICATIONS = (
+    f"{notification_pb2.DESCRIPTOR.services_by_name['NotificationService'].full_name}"
+    "/ListNotifications"
+)
 CANARY_PIN = ("x-canary", "always")
 
 
@@ -344,6 +349,20 @@ def check_get_payment(shell: ReadmeShell, command: str, call: GrpcurlCall) -> No
         assert sum(deltas.values()) == 1, deltas
 
 
+def check_list_notifications(shell: ReadmeShell, command: str, call: GrpcurlCall) -> None:
+    order = shell.readme_order()
+    assert call.request["customer_id"] == order["customer_id"], "not the README order's customer"
+
+    def notified() -> list[dict[str, Any]]:
+        listed: list[dict[str, Any]] = json.loads(shell.run(command)).get("notifications", [])
+        return [n for n in listed if n["order_id"] == order["order_id"]]
+
+    # The notification is made from the order's event, moments after CreateOrder answered.
+    wait_until(notified, timeout_s=10, what="the README order's notification")
+    (notification,) = notified()
+    assert notification["status"] == order["status"], notification
+
+
 def check_refused_at_the_edge(shell: ReadmeShell, command: str, call: GrpcurlCall) -> None:
     method = call.target.rsplit("/", 1)[1]
     before = payment_handled(shell.stack, method)
@@ -358,6 +377,7 @@ CHECKS: dict[str, Check] = {
     LIST_ITEMS: check_list_items,
     CREATE_ORDER: check_create_order,
     GET_PAYMENT: check_get_payment,
+    LIST_NOTIFICATIONS: check_list_notifications,
     # What moves money is the order service's alone, on the internal listener.
     VOID_CHARGE: check_refused_at_the_edge,
 }

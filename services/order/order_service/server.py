@@ -9,6 +9,7 @@ import grpc
 import redis
 
 from mesh.inventory.v1 import inventory_pb2
+from mesh.notification.v1 import notification_pb2
 from mesh.order.v1 import order_pb2, order_pb2_grpc
 from mesh.payment.v1 import payment_pb2
 from meshkit.admission import ConcurrencyLimitInterceptor
@@ -39,11 +40,13 @@ SERVICE_NAME = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
 CREATE_ORDER = f"/{SERVICE_NAME}/CreateOrder"
 #: What this server's reflection lists: the whole mesh's API. A reflection stream has one path
 #: for every service, so Envoy sends the edge's to one backend, this one, which holds every
-#: service's descriptors already (it calls inventory and payment).
+#: service's descriptors already (it calls inventory and payment; notification's are linked in
+#: for this list alone).
 REFLECTION_NAMES = (
     SERVICE_NAME,
     inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name,
     payment_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name,
+    notification_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name,
 )
 
 
@@ -130,9 +133,7 @@ def build_app(settings: Settings) -> OrderApp:
             leases,
             saga,
             stuck,
-            rate_limit=rate_limit(
-                client, settings.rate_limit, on_outcome=rate_limit_decisions().record
-            ),
+            rate_limit=rate_limit(settings.rate_limit, on_outcome=rate_limit_decisions().record),
             on_outcome=outcomes.record,
         ),
         recovery=Recovery(

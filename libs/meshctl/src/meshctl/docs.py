@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import inventory_service.config
+import notification_service.config
 import order_service.config
 import payment_service.config
 import resilience
@@ -30,6 +31,7 @@ def declared() -> Iterator[tuple[str, settings.Var[Any]]]:
         ("order", order_service.config.Settings),
         ("inventory", inventory_service.config.Settings),
         ("payment", payment_service.config.Settings),
+        ("notification", notification_service.config.Settings),
     ):
         yield from ((who, var) for var in settings.variables(cls))
 

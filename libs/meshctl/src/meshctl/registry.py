@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mesh.inventory.v1 import inventory_pb2
+from mesh.notification.v1 import notification_pb2
 from mesh.order.v1 import order_pb2
 from mesh.payment.v1 import payment_pb2
 from meshctl import probes
@@ -21,6 +22,7 @@ from meshkit import settings, tls
 ORDER_SERVICE = order_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
 INVENTORY_SERVICE = inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name
 PAYMENT_SERVICE = payment_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name
+NOTIFICATION_SERVICE = notification_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +256,17 @@ PAYMENT_V2 = _payment(
 )
 #: The canary's two clusters, in the order `make canary V1=.. V2=..` names their weights.
 CANARY = (PAYMENT_V1, PAYMENT_V2)
+#: Consumes the order events stream; it calls no one, so it starts with the other backends.
+NOTIFICATION = _backend(
+    "notification",
+    "notification_service",
+    port=Port("NOTIFICATION_PORT", 50055, "notification"),
+    metrics=Port("NOTIFICATION_METRICS_PORT", 9105, "notification /metrics"),
+    health_service=NOTIFICATION_SERVICE,
+    workload="notification",
+    priority=20,
+    label="notification",
+)
 ORDER = _backend(
     "order",
     "order_service",
@@ -267,7 +280,7 @@ ORDER = _backend(
     label="order",
 )
 
-BACKENDS = (INVENTORY, PAYMENT_V1, PAYMENT_V2, ORDER)
+BACKENDS = (INVENTORY, PAYMENT_V1, PAYMENT_V2, NOTIFICATION, ORDER)
 #: --disable-hot-restart: otherwise Envoy dies with its parent (PDEATHSIG), and two Envoys on
 #: one machine (say `make up` and `make test`) clash on shared memory.
 ENVOY = Program(

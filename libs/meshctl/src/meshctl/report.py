@@ -11,7 +11,14 @@ from meshctl import dashboards
 from meshctl.config import StackConfig
 from meshctl.envoy import CANARY_RUNTIME_PREFIX
 from meshctl.pidrecord import RecordedProcess
-from meshctl.registry import BACKENDS, CANARY, INVENTORY_SERVICE, ORDER_SERVICE, PROGRAMS
+from meshctl.registry import (
+    BACKENDS,
+    CANARY,
+    INVENTORY_SERVICE,
+    NOTIFICATION_SERVICE,
+    ORDER_SERVICE,
+    PROGRAMS,
+)
 from meshkit.health import SERVING
 
 #: Where `make observe` publishes Jaeger and Grafana (deploy/compose/compose.yaml; a test keeps
@@ -102,6 +109,8 @@ def banner(config: StackConfig, *, own_redis: bool) -> str:
         f"  grpcurl -plaintext {edge} list",
         f"  grpcurl -plaintext -d '{{\"page_size\": 5}}' {edge} {INVENTORY_SERVICE}/ListItems",
         f"  grpcurl -plaintext -d '{order}' {edge} {ORDER_SERVICE}/CreateOrder",
+        f'  grpcurl -plaintext -d \'{{"customer_id": "alice"}}\' {edge}'
+        f" {NOTIFICATION_SERVICE}/ListNotifications",
         "buf curl (npm install @bufbuild/buf):",
         f"  {buf} --list-services http://{edge}",
         f"  {buf} -d '{{\"page_size\": 5}}' http://{edge}/{INVENTORY_SERVICE}/ListItems",
