@@ -127,6 +127,12 @@ load: venv gen ## Locust's shoppers on the running mesh (USERS, RATE users/s, PA
 	$(PY) -m load --users $(USERS) --spawn-rate $(RATE) --pace $(PACE) --web-port $(LOAD_WEB_PORT) \
 		$(if $(DURATION),--run-time $(DURATION)) $(if $(HEADLESS),--headless)
 
+# The fault matrix on two real stacks, the order service's policy against a plain deadline;
+# writes var/chaos/<UTC time>/report.md with its PNG plots (QUICK=1: the transient fault only).
+.PHONY: chaos
+chaos: venv gen ## fault matrix, resilience.yaml vs a plain deadline: report + plots in var/chaos/ (QUICK=1: ~1 min)
+	$(PY) -m bench.chaos $(if $(QUICK),--quick)
+
 $(BUF): package.json
 	npm install --silent --no-audit --no-fund
 	@touch $@

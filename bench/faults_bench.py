@@ -26,69 +26,39 @@ import contextlib
 import dataclasses
 import itertools
 import os
-import signal
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
+from bench._fault_stacks import (
+    BASE_ENV,
+    PLAIN_DEADLINE_POLICY,
+    ChargeCounts,
+    create_order,
+    kill_payment_v1,
+    policy_stacks,
+    status_name,
+)
 from bench._load import LoadResult, run_closed_loop
-from mesh.common.v1 import money_pb2
 from mesh.order.v1 import order_pb2, order_pb2_grpc
-from meshctl import registry
 from meshctl.stack import Stack
-from meshctl.testing import running_stack
-from meshkit.errors import PUSHBACK_HEADER
-from meshkit.health import SERVING
-from resilience import metric_names
 
-#: Only the per-call deadline the shipped policy has too: with no retryPolicy a call is one
-#: attempt, and null turns off what a missing section would default to.
-PLAIN_DEADLINE_POLICY = """\
-methodConfig:
-  - name: [{}]
-    timeout: 2s
-retryThrottling: null
-circuitBreaker: null
-bulkhead: null
-"""
-RESILIENCE = "resilience.yaml"
-PLAIN_DEADLINE = "plain deadline"
-
-#: Stock no run sells out, so every order's fate is the fault's doing; one customer places
-#: every order, so no per-customer rate limit.
-BASE_ENV = {"INVENTORY_SEED_STOCK": "1000000", "ORDER_RATE_PER_S": "0"}
-SKUS = [f"SKU-{n:04d}" for n in range(1, 21)]
-CREATE_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 1.0
 READ_PAUSE_S = 0.05
 WARM_UP_S = 1.0
 #: A kill block: load for this long, kill -9 payment v1, load until the block ends.
 KILL_AT_S = 1.5
-#: How long a killed payment v1 may take to be back (restarted, and healthy in Envoy).
-RESTART_GIVE_UP_S = 30.0
 #: How much of a FAILED order's failure_reason the notes show: its kind, not its numbers.
 REASON_CHARS = 100
 #: How long orders answered PENDING are followed until recovery ends them.
 SETTLE_GIVE_UP_S = 60.0
-
-CHARGE_METHOD = f"/{registry.PAYMENT_SERVICE}/Charge"
-#: Each payment deployment's /metrics port, by its name (supervisor's program, Envoy's cluster).
-PAYMENT_METRICS = {
-    deployment.name: deployment.backend.metrics
-    for deployment in registry.CANARY
-    if deployment.backend is not None and deployment.backend.metrics is not None
-}
-KILLED = registry.PAYMENT_V1
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,65 +86,9 @@ SCENARIOS = (
 )
 
 
-def _scrape(port: int) -> str:
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        body: bytes = response.read()
-    return body.decode()
-
-
-def _metric_sum(port: int, name: str, **labels: str) -> float:
-    """The sum of every sample called ``name`` whose labels include ``labels``."""
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(_scrape(port))
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
-
-
-class _ChargeCounts:
-    """Charge attempts that reached payment and the order service's Charge calls, since the
-    first reading. A payment process's counters die with it, so each reading remembers whose
-    they were: a new process's count is all new (read the old one just before killing it)."""
-
-    def __init__(self, stack: Stack) -> None:
-        self._stack = stack
-        self._seen: dict[str, tuple[int, float]] = {}
-        self.reached = 0.0
-        self._calls_at_start = self._calls()
-        self.read_payment()
-
-    def _calls(self) -> float:
-        port = self._stack.config.ports["ORDER_METRICS_PORT"]
-        return _metric_sum(port, metric_names.CALLS, target="payment", method=CHARGE_METHOD)
-
-    def read_payment(self) -> None:
-        pids = self._stack.supervisor.pids()
-        for program, metrics_port in PAYMENT_METRICS.items():
-            handled = _metric_sum(
-                self._stack.config.port(metrics_port),
-                "grpc_server_handled_total",
-                grpc_service=registry.PAYMENT_SERVICE,
-                grpc_method="Charge",
-            )
-            pid, before = self._seen.get(program, (pids[program], handled))
-            self.reached += handled - before if pid == pids[program] else handled
-            self._seen[program] = (pids[program], handled)
-
-    def per_call(self) -> tuple[float, float]:
-        """(attempts that reached payment, Charge calls) since the first reading."""
-        self.read_payment()
-        return self.reached, self._calls() - self._calls_at_start
-
-
 def _reason(failure_reason: str) -> str:
     """A failure reason cut to its first words, which tell one kind of failure from another."""
     return failure_reason[:REASON_CHARS] + ("..." if len(failure_reason) > REASON_CHARS else "")
-
-
-def _status(order: order_pb2.Order) -> str:
-    return order_pb2.OrderStatus.Name(order.status).removeprefix("ORDER_STATUS_")
 
 
 @dataclass(slots=True)
@@ -203,26 +117,12 @@ class _Target:
         self.pending: set[str] = set()
         self.settled: Counter[str] = Counter()
         self.settled_s = 0.0
-        self.counts: _ChargeCounts | None = None
+        self.counts: ChargeCounts | None = None
 
     async def create(self, i: int) -> object:
-        """One new order; a refusal with a pushback is honoured, as a well-behaved client
-        would, so refused calls do not spin the two cores the stacks share."""
-        try:
-            order = await self._orders.CreateOrder(
-                order_pb2.CreateOrderRequest(
-                    customer_id="cust-faults",
-                    request_id=f"faults-{self._run_id}-{next(self._sequence)}",
-                    lines=[money_pb2.Line(sku=SKUS[i % len(SKUS)], quantity=1)],
-                ),
-                timeout=CREATE_TIMEOUT_S,
-            )
-        except grpc.aio.AioRpcError as error:
-            pushback = dict(error.trailing_metadata() or ()).get(PUSHBACK_HEADER)
-            if pushback is not None:
-                await asyncio.sleep(int(pushback) / 1000)
-            raise
-        self.statuses[_status(order)] += 1
+        """One new order, its pushback honoured (bench._fault_stacks.create_order)."""
+        order = await create_order(self._orders, f"faults-{self._run_id}-{next(self._sequence)}", i)
+        self.statuses[status_name(order)] += 1
         if order.status == order_pb2.ORDER_STATUS_FAILED:
             self.failure_reasons[_reason(order.failure_reason)] += 1
         if order.status == order_pb2.ORDER_STATUS_PENDING:
@@ -252,27 +152,10 @@ class _Target:
             await asyncio.sleep(READ_PAUSE_S)
 
     async def kill_payment_v1(self, after_s: float) -> None:
-        """kill -9 of payment v1 after ``after_s``; returns once supervisord has restarted it
-        and Envoy's health check finds it serving, noting how long that took."""
+        """kill -9 of payment v1 after ``after_s``; returns once it is back, noting how long
+        that took."""
         await asyncio.sleep(after_s)
-        assert self.counts is not None
-        await asyncio.to_thread(self.counts.read_payment)
-        killed = (await asyncio.to_thread(self.stack.supervisor.pids))[KILLED.name]
-        os.kill(killed, signal.SIGKILL)
-        killed_at = time.monotonic()
-        while not await asyncio.to_thread(self._back, killed):
-            if time.monotonic() - killed_at > RESTART_GIVE_UP_S:
-                raise SystemExit(f"{KILLED.name} was not back {RESTART_GIVE_UP_S} s after")
-            await asyncio.sleep(0.02)
-        self.restarts_s.append(time.monotonic() - killed_at)
-
-    def _back(self, killed: int) -> bool:
-        """A new process answers its own health check and Envoy's sees it healthy (Envoy may
-        not have noticed the kill yet, so its view alone would say so at once)."""
-        pid = self.stack.supervisor.pids().get(KILLED.name)
-        if pid in (None, killed) or KILLED.probe(self.stack.config) != SERVING:
-            return False
-        return self.stack.envoy.cluster_health().get(KILLED.name) == "healthy"
+        self.restarts_s.append(await kill_payment_v1(self.stack, self.counts))
 
     async def settle(self, since: float) -> None:
         """Follows the orders answered PENDING until recovery has ended each, or gives up;
@@ -284,7 +167,7 @@ class _Target:
                 )
                 if order.status != order_pb2.ORDER_STATUS_PENDING:
                     self.pending.discard(order_id)
-                    self.settled[_status(order)] += 1
+                    self.settled[status_name(order)] += 1
             await asyncio.sleep(0.2)
         self.settled_s = time.monotonic() - since
 
@@ -327,7 +210,7 @@ async def _measure(
             target.failure_reasons.clear()
             target.pending.clear()
             target.reads = _Reads()
-            target.counts = await asyncio.to_thread(_ChargeCounts, target.stack)
+            target.counts = await asyncio.to_thread(ChargeCounts, target.stack)
         for _ in range(rounds):
             for target in targets:
                 target.load.merge(await _block(target, scenario, block_s))
@@ -335,28 +218,6 @@ async def _measure(
         for target in targets:
             await target.settle(since=measured)
         return targets
-
-
-@contextlib.contextmanager
-def _stacks(base: Path, env: Mapping[str, str], plain_policy: Path) -> Iterator[dict[str, Stack]]:
-    """One stack per policy, both running until the scenario is over. They start one after the
-    other (a stack picks free ports as it starts: two at once could pick the same one) and stop
-    at once, in threads, as stopping takes a stack ~5 s."""
-    policies = {RESILIENCE: {}, PLAIN_DEADLINE: {"RESILIENCE_POLICY_FILE": str(plain_policy)}}
-    running: list[contextlib.AbstractContextManager[Stack]] = []
-    stacks: dict[str, Stack] = {}
-    with open(os.devnull, "w") as quiet:
-        try:
-            for n, (policy, extra) in enumerate(policies.items()):
-                manager = running_stack(base / str(n), {**env, **extra}, out=quiet)
-                stacks[policy] = manager.__enter__()
-                running.append(manager)
-            yield stacks
-        finally:
-            with ThreadPoolExecutor(len(policies)) as pool:
-                stopping = [pool.submit(manager.__exit__, None, None, None) for manager in running]
-                for future in stopping:
-                    future.result()
 
 
 #: The table's columns and their widths; a row's cells come from _cells, in this order.
@@ -451,13 +312,11 @@ def main() -> None:
     load_before = os.getloadavg()
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
-        plain_policy = Path(tmp) / "plain-deadline.yaml"
-        plain_policy.write_text(PLAIN_DEADLINE_POLICY)
         for n, scenario in enumerate(scenarios):
             block_s, rounds = (
                 (args.kill_block, args.kill_rounds) if scenario.kill else (args.block, args.rounds)
             )
-            with _stacks(Path(tmp) / str(n), {**env, **scenario.env}, plain_policy) as stacks:
+            with policy_stacks(Path(tmp) / str(n), {**env, **scenario.env}) as stacks:
                 targets = asyncio.run(_measure(scenario, stacks, block_s, rounds))
                 for target in targets:
                     print(_table_row(_cells(scenario, target)), flush=True)
