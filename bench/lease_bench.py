@@ -7,7 +7,7 @@ redis-server.
 * acquire: ``Lease.acquire``, the lease and its fencing token (``ACQUIRE_WITH_FENCE``: ``SET NX
   PX``, ``INCR``, ``PEXPIRE``), as recovery and a duplicate taking an order over do;
 * claim: ``Claims.claim``, the request_id's claim with the new order's lease and token
-  (``CLAIM_WITH_LEASE``), as every CreateOrder does;
+  (``ADMIT_AND_CLAIM``, the rate limit off), as every CreateOrder does;
 * claim-no-fence: the same claim script without the token's ``INCR`` and ``PEXPIRE``.
 
 Every call takes a new order's lease (and a new request_id), as the service does. Reported:
@@ -28,12 +28,13 @@ import redis
 from bench import _interleave
 from meshkit.redis_client import connect
 from meshkit.testing import redis_server
-from order_service.claims import CLAIM_WITH_LEASE, Claim, Claims, claim_key
+from order_service.claims import ADMIT_AND_CLAIM, Claim, Claims, claim_key
 from order_service.leases import Leases, lease_key
 
 VARIANTS = ("ping", "set-nx-px", "acquire", "claim", "claim-no-fence")
+CUSTOMER = "cust-bench"
 
-#: CLAIM_WITH_LEASE without the fencing token, for the same-run comparison.
+#: The claim of ADMIT_AND_CLAIM without the fencing token, for the same-run comparison.
 CLAIM_WITHOUT_FENCE = """
 local holder = redis.call('get', KEYS[1])
 if holder then
@@ -51,22 +52,23 @@ def _variants(client: redis.Redis) -> dict[str, Callable[[], object]]:
     leases = Leases(client, keep_alive=False)
     claims = Claims(client)
     unfenced = client.register_script(CLAIM_WITHOUT_FENCE)
-    assert "incr" in CLAIM_WITH_LEASE
+    assert "incr" in ADMIT_AND_CLAIM
     ids = (f"ord_{n:032x}" for n in itertools.count())
 
     def set_nx_px() -> None:
-        assert client.set(lease_key(next(ids)), b"t" * 32, nx=True, px=3_000)
+        assert client.set(lease_key(CUSTOMER, next(ids)), b"t" * 32, nx=True, px=3_000)
 
     def acquire() -> None:
-        assert leases.lease(next(ids)).acquire()
+        assert leases.lease(next(ids), customer_id=CUSTOMER).acquire()
 
     def claim() -> None:
         order_id = next(ids)
-        assert claims.claim(order_id, Claim(order_id, "f"), leases.lease(order_id)) is None
+        lease = leases.lease(order_id, customer_id=CUSTOMER)
+        assert claims.claim(order_id, Claim(order_id, "f"), lease) is None
 
     def claim_no_fence() -> None:
         order_id = next(ids)
-        keys = [claim_key(order_id), lease_key(order_id)]
+        keys = [claim_key(CUSTOMER, order_id), lease_key(CUSTOMER, order_id)]
         assert unfenced(keys=keys, args=[f"{order_id}|f", 86_400, b"t" * 32, 3_000]) is None
 
     return {

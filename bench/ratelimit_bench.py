@@ -1,10 +1,13 @@
-"""What the per-customer rate limit costs a CreateOrder: its script's round trip next to a plain
-Redis round trip, in interleaved blocks against one private redis-server.
+"""What the per-customer rate limit costs a CreateOrder: the admission script (request_id claim,
+lease, fencing token) with the limit and without it, next to a plain Redis round trip, in
+interleaved blocks against one private redis-server.
 
 * ping: ``PING``, the bare round trip (the baseline);
 * get: ``GET`` of a customer's key, a one-key read;
-* admit: ``CustomerRateLimit.admit`` letting an order in (``TIME``, ``GET``, ``SET PX``);
-* refuse: ``admit`` of a customer over the limit (the script reads and writes nothing), and the
+* claim: ``Claims.claim`` of a new request_id with the limit off (the script skips it);
+* admit: the same claim with the limit on, letting the order in (``TIME``, ``GET``, ``SET PX``
+  more in the script);
+* refuse: the claim of a customer over the limit (the script writes nothing), and the
   ``ResourceExhausted`` it raises.
 
 Reported: median and p99 latency per call seen by the client, and Redis's own time per call
@@ -25,21 +28,30 @@ from bench import _interleave
 from meshkit.errors import ResourceExhausted
 from meshkit.redis_client import connect
 from meshkit.testing import redis_server
+from order_service.claims import Claim, Claims
+from order_service.leases import Leases
 from order_service.ratelimit import CustomerRateLimit, RateLimitOptions
 
-VARIANTS = ("ping", "get", "admit", "refuse")
+VARIANTS = ("ping", "get", "claim", "admit", "refuse")
 
 
 def _variants(client: redis.Redis) -> dict[str, Callable[[], object]]:
+    claims, leases = Claims(client), Leases(client, keep_alive=False)
     # A rate no loop reaches: every admit is let in, and each call is a new customer's anyway.
-    open_limit = CustomerRateLimit(client, RateLimitOptions(per_s=1_000_000, burst=1_000_000))
-    closed = CustomerRateLimit(client, RateLimitOptions(per_s=0.001, burst=1))
-    closed.admit("cust-over")
-    customers = (f"cust-{n}" for n in itertools.count())
+    open_limit = CustomerRateLimit(RateLimitOptions(per_s=1_000_000, burst=1_000_000))
+    closed = CustomerRateLimit(RateLimitOptions(per_s=0.001, burst=1))
+    ids = (f"{n:032x}" for n in itertools.count())
+
+    def admit(customer_id: str, limit: CustomerRateLimit | None) -> None:
+        n = next(ids)
+        lease = leases.lease(f"ord_{n}", customer_id=customer_id)
+        assert claims.claim(f"req-{n}", Claim(f"ord_{n}", "f"), lease, limit=limit) is None
+
+    admit("cust-over", closed)
 
     def refuse() -> None:
         try:
-            closed.admit("cust-over")
+            admit("cust-over", closed)
         except ResourceExhausted:
             return
         raise AssertionError("an order over the limit was let in")
@@ -47,7 +59,8 @@ def _variants(client: redis.Redis) -> dict[str, Callable[[], object]]:
     return {
         "ping": client.ping,
         "get": lambda: client.get("order:ratelimit:{cust-0}"),
-        "admit": lambda: open_limit.admit(next(customers)),
+        "claim": lambda: admit(f"cust-{next(ids)}", None),
+        "admit": lambda: admit(f"cust-{next(ids)}", open_limit),
         "refuse": refuse,
     }
 

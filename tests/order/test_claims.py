@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 import redis
+from redis.crc import key_slot
 
+from meshkit.errors import ResourceExhausted
 from meshkit.redis_client import connect
 from order_service.claims import Claim, Claims, claim_key
-from order_service.leases import Leases
+from order_service.leases import Leases, fence_key, lease_key
+from order_service.ratelimit import CustomerRateLimit, RateLimitOptions, rate_limit_key
+
+C = "cust-1"
 
 
 @pytest.fixture
@@ -18,13 +23,13 @@ def client(redis_url: str) -> redis.Redis:
 def test_a_claim_is_won_once_and_withdrawn_only_by_its_owner(client: redis.Redis) -> None:
     claims, leases = Claims(client), Leases(client, lease_ms=10_000, keep_alive=False)
     mine, theirs = Claim("ord_a", "f1"), Claim("ord_b", "f2")
-    assert claims.claim("req-1", mine, leases.lease(mine.order_id)) is None
-    assert claims.claim("req-1", theirs, leases.lease(theirs.order_id)) == mine
-    assert 0 < client.ttl(claim_key("req-1")) <= 86_400
-    assert not claims.withdraw("req-1", theirs)
-    assert claims.holder("req-1") == mine
-    assert claims.withdraw("req-1", mine)
-    assert claims.holder("req-1") is None
+    assert claims.claim("req-1", mine, leases.lease(mine.order_id, customer_id=C)) is None
+    assert claims.claim("req-1", theirs, leases.lease(theirs.order_id, customer_id=C)) == mine
+    assert 0 < client.ttl(claim_key(C, "req-1")) <= 86_400
+    assert not claims.withdraw("req-1", theirs, customer_id=C)
+    assert claims.holder("req-1", customer_id=C) == mine
+    assert claims.withdraw("req-1", mine, customer_id=C)
+    assert claims.holder("req-1", customer_id=C) is None
 
 
 def test_winning_a_claim_takes_the_new_orders_lease_and_losing_it_takes_nothing(
@@ -33,7 +38,7 @@ def test_winning_a_claim_takes_the_new_orders_lease_and_losing_it_takes_nothing(
     now = [100.0]
     claims = Claims(client)
     leases = Leases(client, lease_ms=10_000, monotonic=lambda: now[0], keep_alive=False)
-    mine, theirs = leases.lease("ord_a"), leases.lease("ord_b")
+    mine, theirs = leases.lease("ord_a", customer_id=C), leases.lease("ord_b", customer_id=C)
     assert claims.claim("req-1", Claim("ord_a", "f1"), mine) is None
     assert client.get(mine.key) == mine.token
     assert mine.fence == 1  # the new order's first fencing token, from the same script
@@ -51,9 +56,43 @@ def test_winning_a_claim_takes_the_new_orders_lease_and_losing_it_takes_nothing(
 
 def test_a_claim_never_takes_a_lease_someone_holds(client: redis.Redis) -> None:
     claims, leases = Claims(client), Leases(client, lease_ms=10_000, keep_alive=False)
-    held = leases.lease("ord_a")
+    held = leases.lease("ord_a", customer_id=C)
     assert held.acquire()
     with pytest.raises(redis.ResponseError, match="already held"):
-        claims.claim("req-1", Claim("ord_a", "f1"), leases.lease("ord_a"))
-    assert claims.holder("req-1") is None
+        claims.claim("req-1", Claim("ord_a", "f1"), leases.lease("ord_a", customer_id=C))
+    assert claims.holder("req-1", customer_id=C) is None
     assert client.get(held.key) == held.token
+
+
+def test_every_key_of_the_admission_script_is_in_the_customers_slot() -> None:
+    keys = [claim_key(C, "req-1"), lease_key(C, "ord_a"), fence_key(C, "ord_a"), rate_limit_key(C)]
+    assert {key_slot(key.encode()) for key in keys} == {key_slot(C.encode())}
+
+
+def test_the_claim_charges_the_rate_limit_and_over_it_claims_nothing(client: redis.Redis) -> None:
+    claims, leases = Claims(client), Leases(client, lease_ms=10_000, keep_alive=False)
+    outcomes: list[str] = []
+    limit = CustomerRateLimit(
+        RateLimitOptions(per_s=0.01, burst=1), on_outcome=lambda o: outcomes.append(o.value)
+    )
+    first = leases.lease("ord_a", customer_id=C)
+    assert claims.claim("req-1", Claim("ord_a", "f1"), first, limit=limit) is None
+    assert client.exists(rate_limit_key(C))
+
+    refused = leases.lease("ord_b", customer_id=C)
+    with pytest.raises(ResourceExhausted, match="over the order rate limit"):
+        claims.claim("req-2", Claim("ord_b", "f2"), refused, limit=limit)
+    assert claims.holder("req-2", customer_id=C) is None
+    assert not client.exists(refused.key)
+    assert (refused.fence, client.exists(refused.fence_key)) == (0, 0)
+
+    # A duplicate of the claimed request is answered with its claim, over the limit or not.
+    again = leases.lease("ord_c", customer_id=C)
+    assert claims.claim("req-1", Claim("ord_c", "f1"), again, limit=limit) == Claim("ord_a", "f1")
+    assert outcomes == ["allowed", "limited"]
+
+
+def test_with_no_limit_the_claim_leaves_no_rate_limit_key(client: redis.Redis) -> None:
+    claims, leases = Claims(client), Leases(client, lease_ms=10_000, keep_alive=False)
+    assert claims.claim("req-1", Claim("ord_a", "f1"), leases.lease("ord_a", customer_id=C)) is None
+    assert not client.exists(rate_limit_key(C))

@@ -19,7 +19,10 @@ def test_a_lease_is_exclusive_and_only_its_holder_extends_or_releases_it(
     client: redis.Redis,
 ) -> None:
     leases = Leases(client, lease_ms=10_000, keep_alive=False)
-    first, second = leases.lease("ord_1"), leases.lease("ord_1")
+    first, second = (
+        leases.lease("ord_1", customer_id="cust-1"),
+        leases.lease("ord_1", customer_id="cust-1"),
+    )
     assert first.acquire()
     assert not second.acquire()
     assert not second.extend()
@@ -36,7 +39,10 @@ def test_an_expired_lease_cannot_be_extended_or_released_over_its_successor(
     client: redis.Redis,
 ) -> None:
     leases = Leases(client, lease_ms=10_000, keep_alive=False)
-    stale, successor = leases.lease("ord_1"), leases.lease("ord_1")
+    stale, successor = (
+        leases.lease("ord_1", customer_id="cust-1"),
+        leases.lease("ord_1", customer_id="cust-1"),
+    )
     assert stale.acquire()
     client.delete(stale.key)  # what expiry does
     assert successor.acquire()
@@ -52,7 +58,7 @@ def test_keep_trusts_a_fresh_confirmation_and_asks_redis_once_it_is_old(
     leases = Leases(
         client, lease_ms=10_000, recheck_s=1.0, monotonic=lambda: now[0], keep_alive=False
     )
-    lease = leases.lease("ord_1")
+    lease = leases.lease("ord_1", customer_id="cust-1")
     assert lease.acquire()
     client.pexpire(lease.key, 5_000)
 
@@ -80,7 +86,7 @@ def test_the_keep_alive_renews_held_leases_once_old_and_lets_go_of_the_rest(
 ) -> None:
     now = [100.0]
     leases = Leases(client, lease_ms=2_000, monotonic=lambda: now[0], keep_alive=False)
-    running, finished, released = (leases.lease(f"ord_{n}") for n in range(3))
+    running, finished, released = (leases.lease(f"ord_{n}", customer_id="cust-1") for n in range(3))
     for lease in (running, finished, released):
         assert lease.acquire()
         client.pexpire(lease.key, 600)
@@ -103,7 +109,7 @@ def test_a_lease_lost_under_the_keep_alive_is_dropped_and_never_trusted_again(
 ) -> None:
     now = [100.0]
     leases = Leases(client, lease_ms=2_000, monotonic=lambda: now[0], keep_alive=False)
-    lease = leases.lease("ord_1")
+    lease = leases.lease("ord_1", customer_id="cust-1")
     assert lease.acquire()
     client.set(lease.key, b"someone else")  # it expired and another runner took it
 
@@ -117,7 +123,7 @@ def test_a_lease_lost_under_the_keep_alive_is_dropped_and_never_trusted_again(
 def test_a_saga_keeps_its_lease_past_its_term_while_it_runs(client: redis.Redis) -> None:
     leases = Leases(client, lease_ms=1_000)  # the real keep-alive thread
     try:
-        lease = leases.lease("ord_1")
+        lease = leases.lease("ord_1", customer_id="cust-1")
         assert lease.acquire()
         client.pexpire(lease.key, 300)  # as if most of the term had gone by in one long step
         wait_until(
@@ -133,18 +139,23 @@ def test_every_grant_hands_out_a_larger_fencing_token_than_the_last(client: redi
     leases = Leases(client, lease_ms=10_000, keep_alive=False)
     fences = []
     for _ in range(3):
-        lease = leases.lease("ord_1")
+        lease = leases.lease("ord_1", customer_id="cust-1")
         assert lease.fence == 0  # not taken yet
         assert lease.acquire()
         fences.append(lease.fence)
-        assert not leases.lease("ord_1").acquire()  # a refused grant hands out nothing
+        assert not leases.lease(
+            "ord_1", customer_id="cust-1"
+        ).acquire()  # a refused grant hands out nothing
         client.delete(lease.key)  # its lease ran out: the next runner takes it
     assert fences == [1, 2, 3]
-    other = leases.lease("ord_2")
+    other = leases.lease("ord_2", customer_id="cust-1")
     assert other.acquire()
     assert other.fence == 1  # one counter per order
     # Both keys hash by the order id alone, so the script runs on one Redis Cluster node.
-    assert (lease.key, lease.fence_key) == ("order:lease:{ord_1}", "order:fence:{ord_1}")
+    assert (lease.key, lease.fence_key) == (
+        "order:lease:{cust-1}:ord_1",
+        "order:fence:{cust-1}:ord_1",
+    )
     assert 6 * 86_400 < client.ttl(lease.fence_key) <= FENCE_TTL_S
 
 
@@ -152,10 +163,10 @@ def test_a_counter_redis_lost_restarts_above_the_token_the_order_has_seen(
     client: redis.Redis,
 ) -> None:
     leases = Leases(client, lease_ms=10_000, keep_alive=False)
-    lease = leases.lease("ord_1")
+    lease = leases.lease("ord_1", customer_id="cust-1")
     assert lease.acquire(after=7)  # the row says 7, Redis knows no counter (it lost its data)
     assert lease.fence == 8
     lease.release()
-    successor = leases.lease("ord_1")
+    successor = leases.lease("ord_1", customer_id="cust-1")
     assert successor.acquire(after=3)  # a stale view of the row never lowers the counter
     assert successor.fence == 9

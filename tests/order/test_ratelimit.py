@@ -1,4 +1,5 @@
-"""The per-customer GCRA script against a real redis-server.
+"""The per-customer GCRA limit, as the script that admits a new order applies it, against a
+real redis-server.
 
 The script reads Redis's own clock, so the tests move time by moving the customer's stored
 theoretical arrival time back: GCRA depends only on how far that is ahead of now, so
@@ -8,19 +9,21 @@ time a test takes never lets an order in by itself.
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
 
 import pytest
 import redis
 
 from meshkit.errors import PUSHBACK_HEADER, ResourceExhausted
+from meshkit.ids import new_id
 from meshkit.redis_client import connect
-from meshkit.testing import free_port, wait_until
+from meshkit.testing import wait_until
+from order_service.claims import Claim, Claims
+from order_service.leases import Leases
 from order_service.ratelimit import (
     CustomerRateLimit,
     Outcome,
     RateLimitOptions,
-    Unlimited,
     rate_limit,
     rate_limit_key,
 )
@@ -43,7 +46,27 @@ def elapse(client: redis.Redis, customer_id: str, seconds: float) -> None:
     client.set(key, int(tat) - round(seconds * 1_000_000), keepttl=True)
 
 
-def admitted(limit: CustomerRateLimit, customer_id: str) -> bool:
+class Admission:
+    """New orders as CreateOrder admits them: each a new request_id through the claim script."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        options: RateLimitOptions,
+        on_outcome: Callable[[Outcome], None] = lambda outcome: None,
+    ) -> None:
+        self._claims = Claims(client)
+        self._leases = Leases(client, keep_alive=False)
+        self._limit = CustomerRateLimit(options, on_outcome=on_outcome)
+
+    def admit(self, customer_id: str) -> None:
+        order_id = new_id("ord")
+        lease = self._leases.lease(order_id, customer_id=customer_id)
+        claimed = self._claims.claim(new_id("req"), Claim(order_id, "f"), lease, limit=self._limit)
+        assert claimed is None
+
+
+def admitted(limit: Admission, customer_id: str) -> bool:
     try:
         limit.admit(customer_id)
     except ResourceExhausted:
@@ -51,14 +74,14 @@ def admitted(limit: CustomerRateLimit, customer_id: str) -> bool:
     return True
 
 
-def refusal(limit: CustomerRateLimit, customer_id: str) -> ResourceExhausted:
+def refusal(limit: Admission, customer_id: str) -> ResourceExhausted:
     with pytest.raises(ResourceExhausted) as refused:
         limit.admit(customer_id)
     return refused.value
 
 
 def test_a_burst_then_the_steady_rate(client: redis.Redis) -> None:
-    limit = CustomerRateLimit(client, SLOW)
+    limit = Admission(client, SLOW)
     assert [admitted(limit, "alice") for _ in range(4)] == [True, True, True, False]
     for _ in range(3):  # from then on, one order per interval
         elapse(client, "alice", INTERVAL_S)
@@ -69,7 +92,7 @@ def test_a_burst_then_the_steady_rate(client: redis.Redis) -> None:
 
 
 def test_the_retry_after_is_when_the_next_order_fits(client: redis.Redis) -> None:
-    limit = CustomerRateLimit(client, SLOW)
+    limit = Admission(client, SLOW)
     for _ in range(3):
         limit.admit("alice")
 
@@ -90,7 +113,7 @@ def test_the_retry_after_is_when_the_next_order_fits(client: redis.Redis) -> Non
 
 
 def test_customers_are_limited_apart(client: redis.Redis) -> None:
-    limit = CustomerRateLimit(client, SLOW)
+    limit = Admission(client, SLOW)
     for _ in range(3):
         limit.admit("alice")
     assert not admitted(limit, "alice")
@@ -102,7 +125,7 @@ def test_customers_are_limited_apart(client: redis.Redis) -> None:
 
 
 def test_the_key_lives_until_the_customer_is_back_at_a_full_burst(client: redis.Redis) -> None:
-    limit = CustomerRateLimit(client, SLOW)
+    limit = Admission(client, SLOW)
     key = rate_limit_key("alice")
     for placed in range(1, 4):
         limit.admit("alice")
@@ -112,7 +135,7 @@ def test_the_key_lives_until_the_customer_is_back_at_a_full_burst(client: redis.
     refusal(limit, "alice")
     assert client.pttl(key) <= ttl_ms  # a refusal writes nothing
 
-    fast = CustomerRateLimit(client, RateLimitOptions(per_s=1000, burst=2))
+    fast = Admission(client, RateLimitOptions(per_s=1000, burst=2))
     fast.admit("bob")
     # Idle for 1 ms, bob is back at a full burst, and his key is gone.
     wait_until(lambda: not client.exists(rate_limit_key("bob")), timeout_s=5, what="expiry")
@@ -122,46 +145,18 @@ def test_the_key_carries_the_customer_as_a_hash_tag() -> None:
     assert rate_limit_key("alice") == "order:ratelimit:{alice}"
 
 
-def test_while_redis_is_down_orders_go_through_counted_and_logged_every_so_often(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    now = [0.0]
-    outcomes: list[Outcome] = []
-    gone = connect(f"redis://127.0.0.1:{free_port()}/0")
-    limit = CustomerRateLimit(
-        gone, SLOW, on_outcome=outcomes.append, monotonic=lambda: now[0], outage_log_every_s=10
-    )
-
-    with caplog.at_level(logging.WARNING, logger="order_service.ratelimit"):
-        for _ in range(5):
-            limit.admit("alice")
-        now[0] += 10
-        limit.admit("alice")
-
-    assert outcomes == [Outcome.REDIS_UNAVAILABLE] * 6
-    lines = [record.getMessage() for record in caplog.records]
-    assert len(lines) == 2
-    assert lines[0].startswith("rate limit not applied: redis unavailable (ConnectionError")
-    assert lines[0].endswith("; 0 more orders let through unlimited since the last such line")
-    assert lines[1].endswith("; 4 more orders let through unlimited since the last such line")
-
-
 def test_each_decision_is_reported(client: redis.Redis) -> None:
     outcomes: list[Outcome] = []
-    limit = CustomerRateLimit(client, SLOW, on_outcome=outcomes.append)
+    limit = Admission(client, SLOW, outcomes.append)
     for _ in range(4):
         admitted(limit, "alice")
     assert outcomes == [Outcome.ALLOWED] * 3 + [Outcome.LIMITED]
 
 
-def test_a_rate_of_zero_is_no_limit_and_no_redis_call(client: redis.Redis) -> None:
-    off = rate_limit(client, RateLimitOptions(per_s=0))
-    assert isinstance(off, Unlimited)
-    for _ in range(100):
-        off.admit("alice")
-    assert not client.exists(rate_limit_key("alice"))
-    with pytest.raises(ValueError, match="use Unlimited"):
-        CustomerRateLimit(client, RateLimitOptions(per_s=0))
+def test_a_rate_of_zero_is_no_limit() -> None:
+    assert rate_limit(RateLimitOptions(per_s=0)) is None
+    with pytest.raises(ValueError, match="pass no limit"):
+        CustomerRateLimit(RateLimitOptions(per_s=0))
 
 
 @pytest.mark.parametrize(

@@ -250,7 +250,7 @@ def test_an_order_recovery_cannot_finish_is_not_counted_again(
 
 def test_an_order_someone_holds_is_left_alone(app: OrderApp, inventory: Inventory) -> None:
     order = crashed(app, Step.RESERVE)
-    holder = app.leases.lease(order.order_id)
+    holder = app.leases.lease(order.order_id, customer_id=order.customer_id)
     assert holder.acquire()
 
     assert app.recovery.run_once().finished == 0
@@ -441,7 +441,7 @@ def test_an_order_whose_lease_is_held_is_looked_at_again_within_a_quarter_term(
 ) -> None:
     (order,) = backlog(store, 1)
     clock.advance(AGE_S)
-    dead_runner = leases.lease(order.order_id)
+    dead_runner = leases.lease(order.order_id, customer_id=order.customer_id)
     assert dead_runner.acquire()
     recovery = make_recovery(FakeSaga(store, lambda order: True))
 

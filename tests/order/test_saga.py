@@ -261,14 +261,14 @@ def test_a_runner_whose_write_is_refused_for_its_old_token_stops_and_calls_nothi
     # Redis and it goes on believing the lease is its own, as a paused process does.
     leases = Leases(connect(redis_url), lease_ms=1_000, monotonic=lambda: 100.0, keep_alive=False)
     order_id = "ord_" + "0" * 32
-    first = leases.lease(order_id)
+    first = leases.lease(order_id, customer_id="c")
     assert first.acquire()
     request = validate_create("c", [("SKU-0001", 1)], "r")
     order = store.insert(new_order(order_id, request), fence=first.fence)
 
     def taken_over() -> None:  # paused in Reserve past its lease; recovery takes the order
         leases.redis.delete(first.key)
-        successor = leases.lease(order_id)
+        successor = leases.lease(order_id, customer_id="c")
         assert successor.acquire(after=order.fence)
         assert store.take(order_id, fence=successor.fence) is not None
 

@@ -1,4 +1,9 @@
-"""AIP-155 request_id claims in Redis: the first CreateOrder to claim a request_id runs its saga."""
+"""AIP-155 request_id claims in Redis: the first CreateOrder to claim a request_id runs its saga.
+
+A new order is admitted in one script, one round trip: the request_id's claim, the customer's
+rate limit (ratelimit.py) and the new order's lease with its fencing token (leases.py). Every
+key it takes carries the customer's hash tag, so on a Redis Cluster they live on one node.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +12,65 @@ from dataclasses import dataclass
 import redis
 
 from order_service.leases import COMPARE_AND_DELETE, FENCE_TTL_S, Lease
+from order_service.ratelimit import CustomerRateLimit, rate_limit_key
 
 IDEMPOTENCY_TTL_S = 86_400
 
-#: Claims a request_id for a new order and takes that order's lease in the same step, so a
-#: claim is never seen without its runner's lease (a duplicate then waits, never takes over),
-#: and hands out the lease's fencing token as leases.ACQUIRE_WITH_FENCE does (a new order's
-#: counter starts at 1). The claim's key hashes by request_id, the lease's by order_id: on a
-#: Redis Cluster this script would need both on one node.
-#: KEYS[1] the claim key; KEYS[2] the new order's lease key; KEYS[3] its fence counter key.
+#: Admits a new order: claims its request_id and takes the new order's lease in the same step,
+#: so a claim is never seen without its runner's lease (a duplicate then waits, never takes
+#: over), after charging the customer's rate limit (GCRA, see ratelimit.py), and hands out the
+#: lease's fencing token as leases.ACQUIRE_WITH_FENCE does (a new order's counter starts at 1).
+#: A request_id already claimed is neither charged nor refused: a duplicate waits for its order.
+#: KEYS[1] the claim key; KEYS[2] the new order's lease key; KEYS[3] its fence counter key;
+#: KEYS[4] the customer's rate-limit key (its theoretical arrival time, in µs of Redis's clock).
 #: ARGV[1] the claim (order_id|fingerprint); ARGV[2] its time to live in s;
 #: ARGV[3] the lease token; ARGV[4] the lease's time to live in ms;
-#: ARGV[5] the fence counter's time to live in ms.
-#: Returns the fencing token (an integer) if the claim and the lease are now the caller's,
-#: else the claim holding the request_id; an error if the new order's lease is somehow held.
-CLAIM_WITH_LEASE = """
+#: ARGV[5] the fence counter's time to live in ms;
+#: ARGV[6] the rate limit's emission interval in µs (1 s / rate; 0: no limit, KEYS[4] unused);
+#: ARGV[7] its tolerance in µs (interval * (burst - 1)).
+#: Returns {1, fencing token} if the claim and the lease are now the caller's (the limit charged
+#: one interval); {0, the claim holding the request_id}; {2, µs until the customer's next order
+#: would be let in} when over the limit, and nothing changed; an error if the new order's lease
+#: is somehow held.
+ADMIT_AND_CLAIM = """
 local holder = redis.call('get', KEYS[1])
 if holder then
-    return holder
+    return {0, holder}
+end
+local interval = tonumber(ARGV[6])
+local now, tat
+if interval > 0 then
+    local clock = redis.call('time')
+    now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+    tat = tonumber(redis.call('get', KEYS[4]) or now)
+    if tat < now then
+        tat = now
+    end
+    local wait = tat - tonumber(ARGV[7]) - now
+    if wait > 0 then
+        return {2, wait}
+    end
 end
 if not redis.call('set', KEYS[2], ARGV[3], 'nx', 'px', ARGV[4]) then
     return redis.error_reply('lease ' .. KEYS[2] .. ' is already held')
 end
 redis.call('set', KEYS[1], ARGV[1], 'ex', ARGV[2])
+if interval > 0 then
+    tat = tat + interval
+    redis.call('set', KEYS[4], string.format('%.0f', tat), 'px', math.ceil((tat - now) / 1000))
+end
 local fence = redis.call('incr', KEYS[3])
 redis.call('pexpire', KEYS[3], ARGV[5])
-return fence
+return {1, fence}
 """
 
+_HELD, _ADMITTED, _LIMITED = 0, 1, 2
 
-def claim_key(request_id: str) -> str:
-    return f"order:idem:{request_id}"
+
+def claim_key(customer_id: str, request_id: str) -> str:
+    """Under the customer's hash tag (see leases.lease_key). A request_id is one order across
+    customers too: SQLite's UNIQUE(request_id) refuses a second customer's insert."""
+    return f"order:idem:{{{customer_id}}}:{request_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,26 +96,61 @@ class Claims:
     def __init__(self, client: redis.Redis, ttl_s: int = IDEMPOTENCY_TTL_S) -> None:
         self._redis = client
         self._ttl_s = ttl_s
-        self._claim = client.register_script(CLAIM_WITH_LEASE)
+        self._admit = client.register_script(ADMIT_AND_CLAIM)
         self._delete = client.register_script(COMPARE_AND_DELETE)
 
-    def claim(self, request_id: str, claim: Claim, lease: Lease) -> Claim | None:
-        """None if ``claim`` now owns request_id and ``lease`` (its new order's) is taken;
-        else the claim that already owns it, and the lease is not taken."""
-        asked_at = lease.now()
-        raw = self._claim(
-            keys=[claim_key(request_id), lease.key, lease.fence_key],
-            args=[claim.encode(), self._ttl_s, lease.token, lease.lease_ms, FENCE_TTL_S * 1000],
-        )
-        if isinstance(raw, int):
-            lease.taken(asked_at, raw)
-            return None
-        return Claim.decode(raw)
+    def claim(
+        self,
+        request_id: str,
+        claim: Claim,
+        lease: Lease,
+        *,
+        limit: CustomerRateLimit | None = None,
+    ) -> Claim | None:
+        """None if ``claim`` now owns request_id and ``lease`` (its new order's, whose customer
+        it is) is taken; else the claim that already owns it, and the lease is not taken.
 
-    def holder(self, request_id: str) -> Claim | None:
-        raw = self._redis.get(claim_key(request_id))
+        With ``limit``, a request_id not claimed yet is charged to the customer's rate limit
+        first: over it, ResourceExhausted and nothing is claimed. Raises redis errors.
+        """
+        customer_id = lease.customer_id
+        interval_us, tolerance_us = (0, 0) if limit is None else limit.script_args
+        asked_at = lease.now()
+        try:
+            kind, value = self._admit(
+                keys=[
+                    claim_key(customer_id, request_id),
+                    lease.key,
+                    lease.fence_key,
+                    rate_limit_key(customer_id),
+                ],
+                args=[
+                    claim.encode(),
+                    self._ttl_s,
+                    lease.token,
+                    lease.lease_ms,
+                    FENCE_TTL_S * 1000,
+                    interval_us,
+                    tolerance_us,
+                ],
+            )
+        except redis.RedisError:
+            if limit is not None:
+                limit.unavailable()
+            raise
+        if kind == _LIMITED and limit is not None:  # only with an interval does it limit
+            limit.refuse(customer_id, int(value))
+        if kind == _ADMITTED:
+            lease.taken(asked_at, int(value))
+            if limit is not None:
+                limit.allowed()
+            return None
+        return Claim.decode(value)
+
+    def holder(self, request_id: str, *, customer_id: str) -> Claim | None:
+        raw = self._redis.get(claim_key(customer_id, request_id))
         return None if raw is None else Claim.decode(raw)
 
-    def withdraw(self, request_id: str, claim: Claim) -> bool:
+    def withdraw(self, request_id: str, claim: Claim, *, customer_id: str) -> bool:
         """Removes our claim (never someone else's) so the request_id can be used again."""
-        return bool(self._delete(keys=[claim_key(request_id)], args=[claim.encode()]))
+        return bool(self._delete(keys=[claim_key(customer_id, request_id)], args=[claim.encode()]))

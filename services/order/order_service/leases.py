@@ -57,7 +57,7 @@ return 0
 
 #: Takes a free lease and hands out its fencing token: the next value of the order's counter,
 #: which never goes down while the counter lives (each grant renews its time to live) and is
-#: raised above ``after`` when Redis lost it. Both keys share the order's hash tag, so the
+#: raised above ``after`` when Redis lost it. Both keys share one hash tag (lease_key), so the
 #: script runs on one Redis Cluster node.
 #: KEYS[1] the lease key; KEYS[2] the fence counter key.
 #: ARGV[1] the caller's token; ARGV[2] the lease's time to live in ms;
@@ -94,13 +94,15 @@ DEFAULT_LEASE_MS = 3_000
 FENCE_TTL_S = 7 * 86_400
 
 
-def lease_key(order_id: str) -> str:
-    """The braces are a Redis Cluster hash tag: an order's lease and fence share one slot."""
-    return f"order:lease:{{{order_id}}}"
+def lease_key(customer_id: str, order_id: str) -> str:
+    """The braces are a Redis Cluster hash tag, the customer's: an order's lease and fence
+    share one slot with its request_id claim and its customer's rate limit, which the script
+    that admits a new order (claims.ADMIT_AND_CLAIM) takes together."""
+    return f"order:lease:{{{customer_id}}}:{order_id}"
 
 
-def fence_key(order_id: str) -> str:
-    return f"order:fence:{{{order_id}}}"
+def fence_key(customer_id: str, order_id: str) -> str:
+    return f"order:fence:{{{customer_id}}}:{order_id}"
 
 
 class Lease:
@@ -111,10 +113,11 @@ class Lease:
     runner whose lease expired can never cut short its successor's.
     """
 
-    def __init__(self, leases: Leases, order_id: str) -> None:
+    def __init__(self, leases: Leases, order_id: str, customer_id: str) -> None:
         self._leases = leases
-        self.key = lease_key(order_id)
-        self.fence_key = fence_key(order_id)
+        self.customer_id = customer_id
+        self.key = lease_key(customer_id, order_id)
+        self.fence_key = fence_key(customer_id, order_id)
         self.token = secrets.token_hex(16).encode()
         #: The fencing token of this grant, which every saga write carries; 0 until taken.
         self.fence = 0
@@ -241,12 +244,13 @@ class Leases:
         self._keeper: threading.Thread | None = None
         self._failing = False
 
-    def lease(self, order_id: str) -> Lease:
-        return Lease(self, order_id)
+    def lease(self, order_id: str, *, customer_id: str) -> Lease:
+        """The lease of the order ``order_id`` of ``customer_id`` (whose hash tag its keys take)."""
+        return Lease(self, order_id, customer_id)
 
-    def held(self, order_id: str) -> bool:
+    def held(self, order_id: str, *, customer_id: str) -> bool:
         """Whether some runner is driving this order's saga right now."""
-        return bool(self.redis.exists(lease_key(order_id)))
+        return bool(self.redis.exists(lease_key(customer_id, order_id)))
 
     def hold(self, lease: Lease) -> None:
         """Puts a lease just taken under the keep-alive (started with the first one)."""

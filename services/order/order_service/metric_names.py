@@ -22,7 +22,8 @@ CREATE_DURATION = "order_create_duration_seconds"
 #: each recovery pass, so every replica sharing it reports the same number. No labels.
 NEEDS_ATTENTION = "order_needs_attention"
 #: CreateOrders of new request_ids by what the per-customer rate limit did (outcome): allowed,
-#: limited (refused with RESOURCE_EXHAUSTED), or redis_unavailable (let through unlimited).
+#: limited (refused with RESOURCE_EXHAUSTED), or redis_unavailable (the admission script got no
+#: answer: the order was refused UNAVAILABLE, as no claim could be made either).
 #: A retry of an accepted request_id is not looked at, so not counted. Never by customer.
 RATE_LIMIT_DECISIONS = "order_rate_limit_decisions_total"
 #: Events of finished orders waiting in the outbox to be published to the order events stream

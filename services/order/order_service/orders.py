@@ -2,7 +2,7 @@
 
 Timeline of one request_id, across threads and replicas::
 
-    first:      customer's rate limit -> claim request_id + lease new order_id (one Redis script)
+    first:      claim request_id + customer's rate limit + lease new order_id (one Redis script)
                 -> insert PENDING -> saga
                 -> answer (the lease is released only if the order is still PENDING)
     duplicate:  finds the row (or the claim) -> same fingerprint? -> waits for the first to finish
@@ -15,12 +15,11 @@ The claim is withdrawn when inventory rejects the lines (nothing is left behind)
 SQLite's UNIQUE(request_id) already holds an order for the request, which catches what a Redis
 that lost its keys would let through.
 
-The rate limit charges a request_id the order database does not know yet: a retry of an
-accepted request (a lost answer, a duplicate sent while the saga runs) finds its row, asks for
-nothing new and so is not charged again, and a client that retries as AIP-155 asks it to is
-never refused its own order. A duplicate that comes within the milliseconds between the first's
-claim and its insert is charged once more; a request refused by the limit left nothing behind
-and is charged when it comes back.
+The rate limit charges a request_id that neither the order database nor a claim knows yet: a
+retry of an accepted request (a lost answer, a duplicate sent while the saga runs) finds its row
+or its claim, asks for nothing new and so is not charged again, and a client that retries as
+AIP-155 asks it to is never refused its own order. A request refused by the limit left nothing
+behind and is charged when it comes back.
 """
 
 from __future__ import annotations
@@ -41,8 +40,8 @@ from order_service import domain
 from order_service.claims import Claim, Claims
 from order_service.domain import NewOrder, Order, Reason, Status
 from order_service.leases import Lease, Leases
-from order_service.ports import FencedOut, RateLimit
-from order_service.ratelimit import Unlimited
+from order_service.ports import FencedOut
+from order_service.ratelimit import CustomerRateLimit
 from order_service.saga import Run, Saga
 from order_service.store import Cursor, DuplicateRequest, OrderStore
 from order_service.stuck import StuckOrders
@@ -62,7 +61,7 @@ class Orders:
         saga: Saga,
         stuck: StuckOrders,
         *,
-        rate_limit: RateLimit | None = None,
+        rate_limit: CustomerRateLimit | None = None,
         on_outcome: Callable[[Status, Reason], None] = lambda status, reason: None,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -72,7 +71,8 @@ class Orders:
         self._leases = leases
         self._saga = saga
         self._stuck = stuck
-        self._rate_limit = Unlimited() if rate_limit is None else rate_limit
+        #: None: no limit.
+        self._rate_limit = rate_limit
         #: Told how each saga this class runs ended: what CreateOrder answers, PENDING too.
         self._on_outcome = on_outcome
         self._monotonic = monotonic
@@ -85,25 +85,30 @@ class Orders:
         deadline = self._monotonic() + wait_s
         with logs.context(request_id=request.request_id):
             existing = self._store.by_request_id(request.request_id)
-            if existing is None:
-                self._rate_limit.admit(request.customer_id)
+            # Charged once per request: a start over (the state moved) is no new order.
+            limit = self._rate_limit
             while True:
-                order = self._create_once(request, deadline, existing)
+                order = self._create_once(request, deadline, existing, limit)
                 if order is not None:
                     return order
                 existing = self._store.by_request_id(request.request_id)
+                limit = None
 
     def _create_once(
-        self, request: NewOrder, deadline: float, existing: Order | None
+        self,
+        request: NewOrder,
+        deadline: float,
+        existing: Order | None,
+        limit: CustomerRateLimit | None,
     ) -> Order | None:
         """The order for this request, or None when the state moved under us: start over."""
         if existing is not None:
             self._check_same_payload(request, existing.fingerprint, existing.order_id)
             return self._await(Claim(existing.order_id, existing.fingerprint), request, deadline)
         mine = Claim(new_id(domain.ORDER_ID_PREFIX), request.fingerprint)
-        lease = self._leases.lease(mine.order_id)
+        lease = self._leases.lease(mine.order_id, customer_id=request.customer_id)
         with _redis_required():
-            holder = self._claims.claim(request.request_id, mine, lease)
+            holder = self._claims.claim(request.request_id, mine, lease, limit=limit)
             if holder is None:
                 order = None
                 try:
@@ -120,7 +125,7 @@ class Orders:
             order = self._store.insert(domain.new_order(claim.order_id, request), fence=lease.fence)
         except DuplicateRequest:
             # Redis had lost the claim, and SQLite knows an order for this request_id.
-            self._claims.withdraw(request.request_id, claim)
+            self._claims.withdraw(request.request_id, claim, customer_id=request.customer_id)
             return None
         except FencedOut as error:
             # Paused past the lease before the insert: a runner that took over has the
@@ -133,7 +138,7 @@ class Orders:
             # Inventory refused the lines (an unknown SKU) and the saga deleted the order:
             # free the request_id too, for a corrected order.
             try:
-                self._claims.withdraw(request.request_id, claim)
+                self._claims.withdraw(request.request_id, claim, customer_id=request.customer_id)
             except redis.RedisError as error:  # a retry finds no row and takes the claim over
                 _log.warning("%s: could not withdraw its claim: %s", order.order_id, error)
             raise InvalidArgument(run.invalid)
@@ -147,7 +152,7 @@ class Orders:
                 if order.status is not Status.PENDING or self._monotonic() >= deadline:
                     return order  # still PENDING at the deadline: the caller can GetOrder later
                 with _redis_required():
-                    idle = not self._leases.held(order.order_id)
+                    idle = not self._leases.held(order.order_id, customer_id=order.customer_id)
                 # Nobody is driving it. Read it again: a runner saves (or deletes) the order,
                 # and records a stuck run, before it lets go of the lease.
                 if idle:
@@ -166,7 +171,10 @@ class Orders:
                     continue  # someone else took it over first: wait for them
             else:
                 with _redis_required():
-                    if self._claims.holder(request.request_id) != holder:
+                    claimed = self._claims.holder(
+                        request.request_id, customer_id=request.customer_id
+                    )
+                    if claimed != holder:
                         return None  # withdrawn (the lines were invalid): try it ourselves
                     order = self._take_over(holder, request)
                 if order is not None:
@@ -179,14 +187,14 @@ class Orders:
 
     def _take_over(self, holder: Claim, request: NewOrder) -> Order | None:
         """Runs a claimed request whose first runner died before inserting its order."""
-        lease = self._leases.lease(holder.order_id)
+        lease = self._leases.lease(holder.order_id, customer_id=request.customer_id)
         if not lease.acquire():
             return None  # the first runner is still at work
         order = None
         try:
             if self._store.get(holder.order_id) is not None:
                 return None
-            if self._claims.holder(request.request_id) != holder:
+            if self._claims.holder(request.request_id, customer_id=request.customer_id) != holder:
                 return None
             _log.warning("%s: first runner is gone; taking over", holder.order_id)
             order = self._run_new(request, holder, lease)
@@ -197,7 +205,7 @@ class Orders:
     def _resume(self, orphan: Order) -> Order | None:
         """Runs an orphaned PENDING order's saga from its step; None if its lease is taken."""
         order_id = orphan.order_id
-        lease = self._leases.lease(order_id)
+        lease = self._leases.lease(order_id, customer_id=orphan.customer_id)
         if not lease.acquire(after=orphan.fence):
             return None
         order = None

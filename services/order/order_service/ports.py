@@ -1,8 +1,8 @@
-"""The ports the saga and the order use cases are written against: what they need from
-inventory, payment, storage and the per-customer rate limit.
+"""The ports the saga is written against: what it needs from inventory, payment, storage and
+its lease.
 
-Adapters implement them (``clients`` over gRPC, ``store`` over SQLite, ``leases`` and
-``ratelimit`` over Redis); tests may pass fakes. Nothing here imports grpc.
+Adapters implement them (``clients`` over gRPC, ``store`` over SQLite, ``leases`` over Redis);
+tests may pass fakes. Nothing here imports grpc.
 """
 
 from __future__ import annotations
@@ -92,10 +92,3 @@ class Lease(Protocol):
     @property
     def fence(self) -> int: ...
     def keep(self) -> bool: ...
-
-
-class RateLimit(Protocol):
-    def admit(self, customer_id: str) -> None:
-        """Returns if the customer may place one more order now; else raises
-        :class:`~meshkit.errors.ResourceExhausted` saying when it may."""
-        ...

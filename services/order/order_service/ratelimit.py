@@ -1,4 +1,5 @@
-"""Per-customer rate limits on new orders: GCRA in one Redis script, on Redis's clock.
+"""Per-customer rate limits on new orders: GCRA on Redis's clock, inside the script that
+admits a new order (claims.ADMIT_AND_CLAIM).
 
 GCRA (the generic cell rate algorithm, as redis-cell and Brandur Leach's "Rate limiting,
 cells, and GCRA" use it) keeps one number per customer, the theoretical arrival time (TAT):
@@ -6,66 +7,34 @@ when the customer's orders so far would have been spread out at the steady rate.
 let in while the TAT is at most ``burst - 1`` intervals ahead of now, and pushes it on by one
 interval; a refused order is told exactly when the next one fits, and costs nothing. Unlike a
 fixed window it never lets twice the rate through at a window's edge, and unlike a token
-bucket it needs no refill: one ``GET`` and one ``SET`` with a TTL per call.
+bucket it needs no refill: one ``GET`` and one ``SET`` with a TTL per order.
 
 The script reads the time from Redis (``TIME``), not from the caller, so order replicas with
 skewed clocks share one schedule per customer; a key expires when its TAT is reached, when
 the customer is back at a full burst, so an idle customer costs no memory.
 
-Written here rather than taken from a library: the algorithm is the dozen lines of the
-script, redis-cell is a server module that Debian's redis-server does not ship, and the
-Python rate-limit libraries read the caller's clock or keep windows of counters.
+Written here rather than taken from a library: the algorithm is a dozen lines of the script,
+redis-cell is a server module that Debian's redis-server does not ship, and the Python
+rate-limit libraries read the caller's clock or keep windows of counters. It runs in the
+request_id claim's script, not a script of its own, to save CreateOrder a round trip; a
+request_id already claimed (a duplicate) is then neither charged nor refused.
 
-When Redis does not answer, orders are let through (fail open): the limit is about fairness
-between customers, not about safety, and CreateOrder's request_id claim needs the same Redis
-right after, so it answers UNAVAILABLE then anyway; what failing open keeps is CreateOrder
-working when only the limiter's call failed (a timeout, one sick shard of a cluster).
+When Redis does not answer, no new order can be claimed either, so CreateOrder answers
+UNAVAILABLE: the limit is neither applied nor needed (counted as ``redis_unavailable``).
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-
-import redis
+from typing import NoReturn
 
 from meshkit.errors import ResourceExhausted, shown
-from order_service.ports import RateLimit
-
-_log = logging.getLogger(__name__)
-
-#: GCRA: lets one order in if the customer is within its burst, and says when the next fits.
-#: KEYS[1] the customer's key (its TAT, in µs of Redis's clock).
-#: ARGV[1] the emission interval in µs (1 s / rate); ARGV[2] the tolerance in µs
-#: (interval * (burst - 1): how far ahead of now the TAT may be and still let an order in).
-#: Returns {1, 0} if the order is let in (the TAT moved on one interval, its key expiring
-#: when it is reached), else {0, µs until an order would be let in} and nothing changes.
-GCRA = """
-local clock = redis.call('time')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local interval = tonumber(ARGV[1])
-local tat = tonumber(redis.call('get', KEYS[1]) or now)
-if tat < now then
-    tat = now
-end
-local wait = tat - tonumber(ARGV[2]) - now
-if wait > 0 then
-    return {0, wait}
-end
-tat = tat + interval
-redis.call('set', KEYS[1], string.format('%.0f', tat), 'px', math.ceil((tat - now) / 1000))
-return {1, 0}
-"""
 
 DEFAULT_RATE_PER_S = 10.0
 DEFAULT_BURST = 20
-#: While Redis fails, one WARNING this often, counting the orders let through meanwhile.
-OUTAGE_LOG_EVERY_S = 10.0
 
 
 def rate_limit_key(customer_id: str) -> str:
@@ -78,7 +47,7 @@ class Outcome(StrEnum):
 
     ALLOWED = "allowed"
     LIMITED = "limited"
-    #: Redis did not answer, and the order was let through.
+    #: Redis did not answer the admission script: the order was refused UNAVAILABLE.
     REDIS_UNAVAILABLE = "redis_unavailable"
 
 
@@ -113,43 +82,31 @@ class RateLimitOptions:
         return f"{self.per_s:g}/s per customer, bursts of {self.burst}"
 
 
-class Unlimited:
-    """The limit switched off: every order is let in, with no Redis call."""
-
-    def admit(self, customer_id: str) -> None:
-        return None
-
-
 class CustomerRateLimit:
-    """GCRA per customer in Redis; lets orders through while Redis does not answer."""
+    """The limit as the admission script applies it: its arguments, and what its answers mean
+    (reported to ``on_outcome``, a refusal raised as RESOURCE_EXHAUSTED with a retry delay)."""
 
     def __init__(
         self,
-        client: redis.Redis,
         options: RateLimitOptions,
         *,
         on_outcome: Callable[[Outcome], None] = lambda outcome: None,
-        monotonic: Callable[[], float] = time.monotonic,
-        outage_log_every_s: float = OUTAGE_LOG_EVERY_S,
     ) -> None:
         if not options.enabled:
-            raise ValueError("a rate of 0 is no limit: use Unlimited")
-        self._script = client.register_script(GCRA)
-        self._args = (options.interval_us, options.tolerance_us)
+            raise ValueError("a rate of 0 is no limit: pass no limit")
+        #: The script's ARGV: the emission interval and the tolerance, in µs.
+        self.script_args = (options.interval_us, options.tolerance_us)
         self._limit = options.describe()
         self._on_outcome = on_outcome
-        self._outages = _OutageLog(monotonic, outage_log_every_s)
 
-    def admit(self, customer_id: str) -> None:
-        try:
-            allowed, wait_us = self._script(keys=[rate_limit_key(customer_id)], args=self._args)
-        except redis.RedisError as error:
-            self._on_outcome(Outcome.REDIS_UNAVAILABLE)
-            self._outages.failed(error)
-            return
-        if allowed:
-            self._on_outcome(Outcome.ALLOWED)
-            return
+    def allowed(self) -> None:
+        self._on_outcome(Outcome.ALLOWED)
+
+    def unavailable(self) -> None:
+        self._on_outcome(Outcome.REDIS_UNAVAILABLE)
+
+    def refuse(self, customer_id: str, wait_us: int) -> NoReturn:
+        """The script found the customer over the limit, ``wait_us`` before the next order fits."""
         self._on_outcome(Outcome.LIMITED)
         # Whole milliseconds, rounded up: a client that waits as told is let in.
         wait_ms = math.ceil(wait_us / 1000)
@@ -161,38 +118,9 @@ class CustomerRateLimit:
 
 
 def rate_limit(
-    client: redis.Redis,
-    options: RateLimitOptions,
-    *,
-    on_outcome: Callable[[Outcome], None] = lambda outcome: None,
-) -> RateLimit:
-    """The limit ``options`` describe: :class:`Unlimited` when the rate is 0."""
+    options: RateLimitOptions, *, on_outcome: Callable[[Outcome], None] = lambda outcome: None
+) -> CustomerRateLimit | None:
+    """The limit ``options`` describe; None (no limit, no Redis key) when the rate is 0."""
     if not options.enabled:
-        return Unlimited()
-    return CustomerRateLimit(client, options, on_outcome=on_outcome)
-
-
-class _OutageLog:
-    """One WARNING per ``every_s`` while Redis fails: an outage must not write a line per order."""
-
-    def __init__(self, monotonic: Callable[[], float], every_s: float) -> None:
-        self._monotonic = monotonic
-        self._every_s = every_s
-        self._lock = threading.Lock()
-        self._last_logged: float | None = None
-        self._unlogged = 0
-
-    def failed(self, error: redis.RedisError) -> None:
-        now = self._monotonic()
-        with self._lock:
-            if self._last_logged is not None and now - self._last_logged < self._every_s:
-                self._unlogged += 1
-                return
-            self._last_logged, unlogged, self._unlogged = now, self._unlogged, 0
-        _log.warning(
-            "rate limit not applied: redis unavailable (%s: %s); %d more orders let through"
-            " unlimited since the last such line",
-            type(error).__name__,
-            error,
-            unlogged,
-        )
+        return None
+    return CustomerRateLimit(options, on_outcome=on_outcome)

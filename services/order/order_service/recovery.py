@@ -142,7 +142,7 @@ class Recovery:
 
     def _recover_one(self, candidate: Order) -> End:
         order_id = candidate.order_id
-        lease = self._leases.lease(order_id)
+        lease = self._leases.lease(order_id, customer_id=candidate.customer_id)
         try:
             if not lease.acquire(after=candidate.fence):
                 return End.HELD  # someone is driving it right now, or its runner just died
