@@ -1,8 +1,8 @@
 """``make bench``: every benchmark, each printing a table next to a same-run baseline.
 
 ``python -m bench mesh`` (or ``resilience``, ``server-model``, ``recovery``, ``cache``,
-``rate-limit``, ``lease``, ``faults``, ``otlp``, ``load``) runs one; extra arguments pass
-through, and every benchmark takes ``--quick`` for a short run.
+``rate-limit``, ``lease``, ``faults``, ``otlp``, ``load``, ``notifications``) runs one; extra
+arguments pass through, and every benchmark takes ``--quick`` for a short run.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ BENCHMARKS = {
     "faults": "bench.faults_bench",
     "otlp": "bench.otlp_bench",
     "load": "bench.load_bench",
+    "notifications": "bench.notification_bench",
 }
 
 
