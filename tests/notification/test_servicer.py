@@ -7,27 +7,15 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 
 from mesh.notification.v1 import notification_pb2
 from meshkit.limits import MAX_PAGE_SIZE
+from meshkit.testing import field_violations
 from notification_service.servicer import SERVICE_NAME
 
 from .conftest import Notifications, order_event
-
-
-def _violations(error: grpc.RpcError) -> dict[str, str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    found: dict[str, str] = {}
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            found.update({v.field: v.description for v in bad.field_violations})
-    return found
 
 
 def _refused(notifications: Notifications, **request: Any) -> dict[str, str]:
@@ -36,7 +24,7 @@ def _refused(notifications: Notifications, **request: Any) -> dict[str, str]:
             notification_pb2.ListNotificationsRequest(**request), timeout=5
         )
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    return _violations(raised.value)
+    return field_violations(raised.value)
 
 
 def test_pages_are_newest_first_and_hold_only_that_customers_notifications(

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from mesh.notification.v1 import notification_pb2_grpc
-from meshkit.redis_client import CONNECT_TIMEOUT_S
+from meshkit.redis_client import connect_unretried
 from meshkit.server import RunningServer, ServerOptions, build_server
 
 from .config import Settings
@@ -25,17 +23,11 @@ READ_SLACK_S = 1.0
 
 
 def stream_client(url: str, block_ms: int) -> redis.Redis:
-    """The consumers' client, not meshkit.redis_client's: a blocked XREADGROUP holds its
-    socket for up to ``block_ms``, past that client's 0.5 s timeout. No retries inside
-    redis-py: the consumers back off themselves, and a replayed read could lose entries
-    delivered to the one that timed out (they wait for a claim instead)."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=block_ms / 1000 + READ_SLACK_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=30,
-    )
+    """The consumers' client: a blocked XREADGROUP holds its socket for up to ``block_ms``,
+    past meshkit.redis_client's 0.5 s timeout. No retries inside redis-py: the consumers back
+    off themselves, and a read sent again could leave entries delivered to the first one
+    (they would wait for a claim)."""
+    return connect_unretried(url, timeout_s=block_ms / 1000 + READ_SLACK_S)
 
 
 def consumer_options(settings: Settings) -> ConsumerOptions:

@@ -13,7 +13,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import grpc
 import redis
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from meshkit.health import SERVING, serving_status
 
@@ -108,3 +111,15 @@ def free_ports(count: int) -> list[int]:
     while len(ports) < count:
         ports.add(free_port())
     return sorted(ports)
+
+
+def field_violations(error: grpc.RpcError) -> dict[str, str]:
+    """The google.rpc.BadRequest field violations of an INVALID_ARGUMENT, by field."""
+    status = rpc_status.from_call(error)
+    assert status is not None, "INVALID_ARGUMENT must carry a google.rpc.Status"
+    found: dict[str, str] = {}
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            found.update({v.field: v.description for v in bad.field_violations})
+    return found
