@@ -94,7 +94,7 @@ def test_entries_a_dead_consumer_held_are_claimed_by_a_live_one_and_notified_onc
     assert len(given[0][1]) == 5  # type: ignore[index]
     claimed = metric(m.CLAIMED)
 
-    notifications = start()
+    notifications = start(batch=2)  # a claim scan takes them over two at a time
     notifications.wait_settled()
 
     assert sorted(n.event_id for n in notifications.listed()) == sorted(e.event_id for e in events)

@@ -45,6 +45,8 @@ _log = logging.getLogger(__name__)
 MAX_REASON_CHARS = 500
 #: However long the claim idle time, the pending list is scanned at least this often.
 MAX_CLAIM_INTERVAL_S = 5.0
+#: XAUTOCLAIM calls (of NOTIFICATION_BATCH entries each) one claim scan makes at most.
+MAX_CLAIM_BATCHES = 8
 #: Redis down or failing: the consumers retry after 0.1 s, doubling to 5 s, with full jitter.
 REDIS_BACKOFF = resilience.WaitFullJitter(initial=0.1, maximum=5.0, multiplier=2.0)
 
@@ -177,22 +179,28 @@ class Consumer:
             self._deliver(entry_id, fields, deliveries=1)
 
     def _claim(self) -> None:
-        claimed = self._stream.claim(
-            self.name,
-            min_idle_ms=self._options.claim_idle_ms,
-            start=self._claim_start,
-            count=self._options.count,
-        )
-        self._claim_start = claimed.next_start
-        if claimed.entries:
-            self._metrics.claimed(len(claimed.entries))
-            _log.info("consumer %s claimed %d idle entries", self.name, len(claimed.entries))
-        for entry_id, fields, deliveries in claimed.entries:
-            if self._options.policy.gives_up_before_processing(deliveries):
-                reason = overdelivered_reason(deliveries)
-                self._dead_letter(entry_id, fields, reason, deliveries, m.CAUSE_OVERDELIVERED)
-            else:
-                self._deliver(entry_id, fields, deliveries=deliveries)
+        """Takes over idle entries, a batch at a time, until the scan of the pending list
+        goes round (or MAX_CLAIM_BATCHES: a long list is finished in later rounds, so that
+        new entries keep being read meanwhile)."""
+        for _ in range(MAX_CLAIM_BATCHES):
+            claimed = self._stream.claim(
+                self.name,
+                min_idle_ms=self._options.claim_idle_ms,
+                start=self._claim_start,
+                count=self._options.count,
+            )
+            self._claim_start = claimed.next_start
+            if claimed.entries:
+                self._metrics.claimed(len(claimed.entries))
+                _log.info("consumer %s claimed %d idle entries", self.name, len(claimed.entries))
+            for entry_id, fields, deliveries in claimed.entries:
+                if self._options.policy.gives_up_before_processing(deliveries):
+                    reason = overdelivered_reason(deliveries)
+                    self._dead_letter(entry_id, fields, reason, deliveries, m.CAUSE_OVERDELIVERED)
+                else:
+                    self._deliver(entry_id, fields, deliveries=deliveries)
+            if claimed.next_start == b"0-0" or self._stopping.is_set():
+                break
         info = self._stream.info()
         if info is not None:
             self._metrics.group(info)
