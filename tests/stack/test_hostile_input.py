@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from inventory_service.domain import CATALOG
 from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2
+from mesh.notification.v1 import notification_pb2
 from mesh.order.v1 import order_pb2
 from mesh.payment.v1 import payment_pb2
 from meshctl.stack import Stack
@@ -60,7 +61,7 @@ WATCHED_COUNTERS = (
     "http2.header_overflow",
     "http2.header_list_size_too_large",
 )
-PROGRAMS = ("inventory", "order", "payment_v1", "payment_v2")
+PROGRAMS = ("inventory", "order", "payment_v1", "payment_v2", "notification")
 CATALOG_SKUS = frozenset(entry.sku for entry in CATALOG)
 
 Call = Callable[..., Any]
@@ -353,6 +354,29 @@ def test_hostile_catalogue_and_payment_reads_harm_nobody(stack: Stack, edge: grp
         fuzz()
 
 
+def test_hostile_notification_reads_harm_nobody(stack: Stack, edge: grpc.Channel) -> None:
+    list_notifications = _unary(
+        edge,
+        "/mesh.notification.v1.NotificationService/ListNotifications",
+        notification_pb2.ListNotificationsRequest,
+    )
+
+    @FUZZ
+    @given(
+        st.builds(
+            notification_pb2.ListNotificationsRequest,
+            customer_id=st.one_of(small_text, huge_text),
+            page_size=int32s,
+            page_token=page_tokens,
+        )
+    )
+    def fuzz(page: notification_pb2.ListNotificationsRequest) -> None:
+        _judge(list_notifications, page)
+
+    with _watched(stack):
+        fuzz()
+
+
 PUBLIC_METHODS = (
     "/mesh.order.v1.OrderService/CreateOrder",
     "/mesh.order.v1.OrderService/GetOrder",
@@ -360,6 +384,7 @@ PUBLIC_METHODS = (
     "/mesh.inventory.v1.InventoryService/GetItem",
     "/mesh.inventory.v1.InventoryService/ListItems",
     "/mesh.payment.v1.PaymentService/GetPayment",
+    "/mesh.notification.v1.NotificationService/ListNotifications",
 )
 
 #: Bytes that are no message at all: a tag of field number 0, an over-long varint, and
