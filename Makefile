@@ -85,6 +85,13 @@ clear:
 	@:
 endif
 
+# Payment v2 step by step (ROLLOUT_STEPS), checked on Prometheus every ROLLOUT_INTERVAL_S:
+# exit 0 promoted to 100%, 3 rolled back to 0%. It judges calls, so it needs load (make load).
+.PHONY: rollout
+rollout: ## progressive delivery of payment v2, promoted or rolled back on its metrics: make rollout INTERVAL=10 STEPS=10,20,30,50 (needs load)
+	@$(if $(INTERVAL),ROLLOUT_INTERVAL_S='$(INTERVAL)') $(if $(STEPS),ROLLOUT_STEPS='$(STEPS)') \
+		$(PY) -m meshctl rollout
+
 # Jaeger and Grafana come from Docker, for those who have it; the mesh itself never needs it.
 # Docker Desktop forwards host.docker.internal to the host's loopback, where the mesh listens;
 # a Linux engine's bridge does not, so there Grafana shares the host's network

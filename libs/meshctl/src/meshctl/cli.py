@@ -1,4 +1,5 @@
-"""``python -m meshctl up|down|status|logs|canary|fault``: what the Makefile's targets run."""
+"""``python -m meshctl up|down|status|logs|canary|fault|rollout``: what the Makefile's targets
+run."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
-from meshctl import faults, logview
+from meshctl import faults, logview, rollout
 from meshctl.config import StackConfig, StackError
 from meshctl.report import orphan_table, status_table
 from meshctl.stack import DEFAULT_LOG_LINES, Stack
@@ -45,6 +46,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
         "fault", help="put faults on, or clear them, live; with no options, list them"
     )
     faults.add_arguments(fault)
+    commands.add_parser(
+        "rollout", help="step payment v2 up, promote or roll back on its metrics (ROLLOUT_*)"
+    )
     args = parser.parse_args(argv)
     if args.command == "settings":
         from meshctl.docs import settings_table  # imports every service's settings
@@ -121,6 +125,43 @@ def _fault(stack: Stack, args: argparse.Namespace, _env: Mapping[str, str]) -> i
     return 0
 
 
+#: `make rollout`'s exit status when v2 was rolled back (1 is an error, 2 a bad setting).
+ROLLED_BACK = 3
+#: The decisions of every rollout, one Grafana annotation a line (meshctl.rollout).
+ROLLOUT_LOG = "rollout.jsonl"
+
+
+def _rollout(stack: Stack, _args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    plan = rollout.Plan.from_env(env)
+    if not stack.supervisor.is_running():
+        raise StackError("resilient-mesh is not running (make up)")
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    def set_weight(v2: int) -> None:
+        stack.set_canary_weights(100 - v2, v2)
+
+    say(
+        f"rolling out {rollout.CANARY_CLUSTER}: steps {', '.join(map(str, plan.steps))} then 100,"
+        f" a check every {plan.interval_s} s, rollback after {plan.max_failed_checks} failed"
+        f" checks (decisions in {stack.config.run_dir / ROLLOUT_LOG})"
+    )
+    runner = rollout.Rollout(
+        plan,
+        rollout.PrometheusMetrics(stack.config.prometheus_url),
+        set_weight,
+        report=rollout.DecisionLog(stack.config.run_dir / ROLLOUT_LOG, say),
+    )
+    try:
+        promoted = runner.run()
+    except KeyboardInterrupt:
+        set_weight(0)  # a canary half-way is no state to leave behind
+        say(f"interrupted: {rollout.CANARY_CLUSTER} rolled back to 0%")
+        return 130
+    return 0 if promoted else ROLLED_BACK
+
+
 _COMMANDS: Mapping[str, Command] = {
     "up": _up,
     "down": _down,
@@ -128,4 +169,5 @@ _COMMANDS: Mapping[str, Command] = {
     "logs": _logs,
     "canary": _canary,
     "fault": _fault,
+    "rollout": _rollout,
 }

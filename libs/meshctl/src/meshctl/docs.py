@@ -15,7 +15,7 @@ import notification_service.config
 import order_service.config
 import payment_service.config
 import resilience
-from meshctl import cli, config
+from meshctl import cli, config, rollout
 from meshkit import logs, settings, tls
 
 BEGIN = "<!-- settings:begin (python -m meshctl settings) -->"
@@ -24,7 +24,8 @@ END = "<!-- settings:end -->"
 
 def declared() -> Iterator[tuple[str, settings.Var[Any]]]:
     """(who reads it, the variable) for every declaration, launcher first."""
-    yield from (("launcher", var) for var in (*config.VARIABLES, cli.LINES, cli.LOGS_FORMAT))
+    launcher = (*config.VARIABLES, cli.LINES, cli.LOGS_FORMAT, *rollout.VARIABLES)
+    yield from (("launcher", var) for var in launcher)
     yield "every service", tls.CERTS_DIR
     yield "every service", logs.LOG_LEVEL
     for who, cls in (
