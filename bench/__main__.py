@@ -1,8 +1,8 @@
 """``make bench``: every benchmark, each printing a table next to a same-run baseline.
 
 ``python -m bench mesh`` (or ``resilience``, ``server-model``, ``recovery``, ``cache``,
-``rate-limit``, ``lease``, ``faults``, ``otlp``, ``load``, ``notifications``) runs one; extra
-arguments pass through, and every benchmark takes ``--quick`` for a short run.
+``rate-limit``, ``lease``, ``faults``, ``fault-filter``, ``otlp``, ``load``, ``notifications``)
+runs one; extra arguments pass through, and every benchmark takes ``--quick`` for a short run.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ BENCHMARKS = {
     "rate-limit": "bench.ratelimit_bench",
     "lease": "bench.lease_bench",
     "faults": "bench.faults_bench",
+    "fault-filter": "bench.fault_filter_bench",
     "otlp": "bench.otlp_bench",
     "load": "bench.load_bench",
     "notifications": "bench.notification_bench",
