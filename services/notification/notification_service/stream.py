@@ -30,22 +30,23 @@ DEAD_CONSUMER = "dead_consumer"
 Fields = Mapping[bytes, bytes]
 Entry = tuple[bytes, Fields]
 
-#: Moves one pending entry to the dead letters, once: only the call whose XACK took the entry
-#: off the group's pending list writes the dead letter, so two consumers giving up on the same
-#: entry at once make one dead letter.
+#: Moves one pending entry to the dead letters, once: only while the entry is still pending
+#: (two consumers giving up on it at once make one dead letter), and the dead letter is written
+#: before the entry is acknowledged (a script stopped by an error between them loses nothing).
 #: KEYS[1] the stream, KEYS[2] the dead-letter stream
 #: ARGV[1] the group, ARGV[2] the entry id, ARGV[3] the dead letters' MAXLEN (~),
 #: ARGV[4..] field, value, ... of the dead letter
 #: Returns 1 when this call moved the entry, 0 when it was no longer pending.
 DEAD_LETTER = """
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
   return 0
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
-#: Puts one dead letter back on the stream as the entry it was (its dead_* fields dropped) and
+#: Puts one dead letter back on the stream as the entry it was (its dead_* fields dropped), then
 #: deletes it, in one step: two replays running at once put it back once.
 #: KEYS[1] the dead-letter stream, KEYS[2] the stream
 #: ARGV[1] the dead letter's id, ARGV[2] the stream's MAXLEN (~), ARGV[3] the dead_ prefix
@@ -65,11 +66,13 @@ for i = 1, #fields, 2 do
     original[#original + 1] = fields[i + 1]
   end
 end
-redis.call('XDEL', KEYS[1], ARGV[1])
 if #original == 0 then
+  redis.call('XDEL', KEYS[1], ARGV[1])
   return -1
 end
-return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(original))
+local replayed = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(original))
+redis.call('XDEL', KEYS[1], ARGV[1])
+return replayed
 """
 
 
