@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from meshctl.cli import main
-from meshctl.rollout import Decision, DecisionLog, Gates, Plan, Rollout, Sample, judge
+from meshctl.rollout import (
+    Decision,
+    DecisionLog,
+    Gates,
+    MetricsError,
+    Plan,
+    Rollout,
+    Sample,
+    judge,
+)
 from meshkit.settings import SettingsError
 
 HEALTHY = Sample(requests=50, success_percent=100.0, p99_ms=5.0)
@@ -89,6 +98,23 @@ def test_a_canary_nobody_calls_fails_its_checks_for_want_of_data() -> None:
     assert not promoted
     assert weights == [10, 0]
     assert decisions[-1].reasons == ("not enough data: 0 v2 calls < 10",)
+
+
+class Unreachable:
+    def sample(self, cluster: str, window_s: int) -> Sample:
+        raise MetricsError("connection refused")
+
+
+def test_metrics_that_cannot_be_read_fail_the_check_and_end_in_a_rollback() -> None:
+    weights: list[int] = []
+    decisions: list[Decision] = []
+    plan = Plan(max_failed_checks=2)
+    rollout = Rollout(
+        plan, Unreachable(), weights.append, report=decisions.append, sleep=lambda _: None
+    )
+    assert not rollout.run()
+    assert weights == [10, 0]
+    assert decisions[-1].reasons == ("metrics unavailable: connection refused",)
 
 
 def test_the_gates_alone_and_against_v1() -> None:

@@ -182,8 +182,14 @@ class Sample(NamedTuple):
         return f"{self.requests:.0f} calls, {success} ok, p99 {p99}"
 
 
+class MetricsError(RuntimeError):
+    """The metrics could not be read: the check fails, as a check without data does."""
+
+
 class Metrics(Protocol):
-    def sample(self, cluster: str, window_s: int) -> Sample: ...
+    def sample(self, cluster: str, window_s: int) -> Sample:
+        """One deployment's calls over the last ``window_s``; MetricsError when unreadable."""
+        ...
 
 
 def judge(canary: Sample, primary: Sample, gates: Gates) -> tuple[str, ...]:
@@ -284,9 +290,14 @@ class Rollout:
         while True:
             self._sleep(plan.interval_s)
             checks += 1
-            canary = self._metrics.sample(CANARY_CLUSTER, plan.interval_s)
-            primary = self._metrics.sample(PRIMARY, plan.interval_s)
-            reasons = judge(canary, primary, plan.gates)
+            try:
+                canary = self._metrics.sample(CANARY_CLUSTER, plan.interval_s)
+                primary = self._metrics.sample(PRIMARY, plan.interval_s)
+            except MetricsError as error:
+                canary = primary = Sample(0, None, None)
+                reasons: tuple[str, ...] = (f"metrics unavailable: {error}",)
+            else:
+                reasons = judge(canary, primary, plan.gates)
             failed += bool(reasons)
             last = step == len(plan.steps) - 1
             if reasons:
@@ -339,13 +350,16 @@ class PrometheusMetrics:
     def query(self, expr: str) -> float | None:
         """An instant query's one value; None when it has none (or it is NaN: no calls)."""
         params = urllib.parse.urlencode({"query": expr})
-        # Always http://127.0.0.1:<port> (StackConfig.prometheus_url).
-        with urllib.request.urlopen(  # noqa: S310
-            f"{self._url}/api/v1/query?{params}", timeout=self._timeout_s
-        ) as response:
-            body = json.load(response)
+        try:
+            # Always http://127.0.0.1:<port> (StackConfig.prometheus_url).
+            with urllib.request.urlopen(  # noqa: S310
+                f"{self._url}/api/v1/query?{params}", timeout=self._timeout_s
+            ) as response:
+                body = json.load(response)
+        except (OSError, ValueError) as error:
+            raise MetricsError(f"Prometheus at {self._url}: {error}") from error
         if body.get("status") != "success":
-            raise RuntimeError(f"Prometheus refused {expr!r}: {body.get('error')}")
+            raise MetricsError(f"Prometheus refused {expr!r}: {body.get('error')}")
         result = body["data"]["result"]
         if not result:
             return None
