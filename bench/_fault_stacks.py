@@ -96,17 +96,25 @@ class ChargeCounts:
         self.read_payment()
 
     def read_payment(self) -> None:
+        """Adds what each payment process handled since the last reading; a process that is
+        down (killed, not yet restarted) is read next time, by then as its successor."""
         pids = self._stack.supervisor.pids()
         for program, metrics_port in PAYMENT_METRICS.items():
-            handled = metric_sum(
-                self._stack.config.port(metrics_port),
-                "grpc_server_handled_total",
-                grpc_service=registry.PAYMENT_SERVICE,
-                grpc_method="Charge",
-            )
-            pid, before = self._seen.get(program, (pids[program], handled))
-            self.reached += handled - before if pid == pids[program] else handled
-            self._seen[program] = (pids[program], handled)
+            try:
+                handled = metric_sum(
+                    self._stack.config.port(metrics_port),
+                    "grpc_server_handled_total",
+                    grpc_service=registry.PAYMENT_SERVICE,
+                    grpc_method="Charge",
+                )
+            except OSError:
+                continue
+            now = pids.get(program, 0)
+            if now != self._stack.supervisor.pids().get(program, 0):
+                continue  # restarted while read: whose count this is, is unknown
+            pid, before = self._seen.get(program, (now, handled))
+            self.reached += handled - before if pid == now else handled
+            self._seen[program] = (now, handled)
 
     def per_call(self) -> tuple[float, float]:
         """(attempts that reached payment, Charge calls) since the first reading."""
