@@ -45,7 +45,6 @@ from meshkit import settings
 PRIMARY, CANARY_CLUSTER = (p.name for p in CANARY)
 #: Prometheus scrapes every 5 s (meshctl.prometheus): a shorter window sees at most one sample.
 MIN_INTERVAL_S = 10
-DEFAULT_STEPS = (10, 20, 30, 50)
 
 
 def _rising(steps: tuple[int, ...]) -> bool:
@@ -72,7 +71,7 @@ INTERVAL_S = settings.integer(
 )
 STEPS = settings.Var(
     "ROLLOUT_STEPS",
-    ",".join(map(str, DEFAULT_STEPS)),
+    "10,20,30,50",
     "`make rollout`: v2's weights in turn (STEPS=); promotion to 100 follows the last",
     _steps,
     lambda steps: (
@@ -116,16 +115,6 @@ MAX_P99_ABOVE_V1_MS = settings.number(
     hi=60_000.0,
     doc="`make rollout`: how much v2's p99 may exceed v1's, in ms",
 )
-VARIABLES = (
-    INTERVAL_S,
-    STEPS,
-    MAX_FAILED_CHECKS,
-    MIN_REQUESTS,
-    MIN_SUCCESS_PERCENT,
-    MAX_SUCCESS_BELOW_V1,
-    MAX_P99_MS,
-    MAX_P99_ABOVE_V1_MS,
-)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,40 +122,34 @@ class Gates:
     """What a check requires of v2, alone and against v1 (an additive margin for p99, so two
     fast deployments a bucket apart do not fail on a ratio)."""
 
-    min_requests: int = MIN_REQUESTS.default
-    min_success_percent: float = MIN_SUCCESS_PERCENT.default
-    max_success_below_v1: float = MAX_SUCCESS_BELOW_V1.default
-    max_p99_ms: float = MAX_P99_MS.default
-    max_p99_above_v1_ms: float = MAX_P99_ABOVE_V1_MS.default
+    min_requests: int = MIN_REQUESTS.field()
+    min_success_percent: float = MIN_SUCCESS_PERCENT.field()
+    max_success_below_v1: float = MAX_SUCCESS_BELOW_V1.field()
+    max_p99_ms: float = MAX_P99_MS.field()
+    max_p99_above_v1_ms: float = MAX_P99_ABOVE_V1_MS.field()
+
+    def __post_init__(self) -> None:
+        settings.check_fields(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
-    steps: tuple[int, ...] = DEFAULT_STEPS
-    interval_s: int = INTERVAL_S.default
-    max_failed_checks: int = MAX_FAILED_CHECKS.default
+    steps: tuple[int, ...] = STEPS.field()
+    interval_s: int = INTERVAL_S.field()
+    max_failed_checks: int = MAX_FAILED_CHECKS.field()
     gates: Gates = field(default_factory=Gates)
 
     def __post_init__(self) -> None:
-        STEPS.validate(self.steps)
-        INTERVAL_S.validate(self.interval_s)
-        MAX_FAILED_CHECKS.validate(self.max_failed_checks)
+        settings.check_fields(self)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Plan:
         """Every ROLLOUT_* variable; a bad one raises SettingsError naming it."""
-        return cls(
-            steps=STEPS.read(env),
-            interval_s=INTERVAL_S.read(env),
-            max_failed_checks=MAX_FAILED_CHECKS.read(env),
-            gates=Gates(
-                min_requests=MIN_REQUESTS.read(env),
-                min_success_percent=MIN_SUCCESS_PERCENT.read(env),
-                max_success_below_v1=MAX_SUCCESS_BELOW_V1.read(env),
-                max_p99_ms=MAX_P99_MS.read(env),
-                max_p99_above_v1_ms=MAX_P99_ABOVE_V1_MS.read(env),
-            ),
-        )
+        return settings.from_env(cls, env, gates=settings.from_env(Gates, env))
+
+
+#: Every ROLLOUT_* variable, for the README's settings table.
+VARIABLES = (*settings.variables(Plan), *settings.variables(Gates))
 
 
 class Sample(NamedTuple):
