@@ -1,8 +1,9 @@
 """``make bench``: every benchmark, each printing a table next to a same-run baseline.
 
 ``python -m bench mesh`` (or ``resilience``, ``server-model``, ``recovery``, ``cache``,
-``rate-limit``, ``lease``, ``faults``, ``fault-filter``, ``otlp``, ``load``, ``notifications``)
-runs one; extra arguments pass through, and every benchmark takes ``--quick`` for a short run.
+``rate-limit``, ``lease``, ``faults``, ``fault-filter``, ``otlp``, ``load``, ``notifications``,
+``redis-commands``) runs one; extra arguments pass through, and every benchmark takes
+``--quick`` for a short run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ BENCHMARKS = {
     "otlp": "bench.otlp_bench",
     "load": "bench.load_bench",
     "notifications": "bench.notification_bench",
+    "redis-commands": "bench.redis_commands_bench",
 }
 
 

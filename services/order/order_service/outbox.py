@@ -14,7 +14,8 @@ dedupe by ``event_id``. Two relays on one database file (the order service runs 
 process; a second one would) publish the same rows, again only duplicates with the same ids.
 
 One thread per process, woken by the store after each commit (and polling every ``poll_s``
-as a backstop: another process may have written the file). A batch is one pipelined round
+as a backstop: another process may have written the file); once woken it lingers a few
+milliseconds, so the commits of a busy moment go out together. A batch is one pipelined round
 trip of XADDs and one SQLite delete. While Redis fails, the relay backs off (jittered, up to
 a couple of seconds) with one WARNING per outage, and drains the backlog once Redis answers.
 """
@@ -39,6 +40,10 @@ _log = logging.getLogger(__name__)
 #: Events per round trip: enough that a backlog drains in a few round trips.
 DEFAULT_BATCH = 200
 DEFAULT_POLL_S = 1.0
+#: After a wake-up: at 150 orders/s, ~8 events per batch instead of one round trip and one
+#: SQLite write each, for 50 ms more on the way to the stream (0.35 ms of the order process's
+#: CPU per order for the outbox at 20 ms, in python -m bench redis-commands).
+DEFAULT_LINGER_S = 0.05
 #: While Redis fails: a floor, so a dead Redis is not asked in a tight loop, plus full jitter
 #: doubling to 2 s, so a Redis that is back is used again within about two seconds.
 DEFAULT_BACKOFF: Wait = WaitFixed(seconds=0.05) + WaitFullJitter(
@@ -74,6 +79,7 @@ class Relay:
         maxlen: int = DEFAULT_MAXLEN,
         batch: int = DEFAULT_BATCH,
         poll_s: float = DEFAULT_POLL_S,
+        linger_s: float = DEFAULT_LINGER_S,
         backoff: Wait = DEFAULT_BACKOFF,
         rng: Rng | None = None,
         listener: RelayListener | None = None,
@@ -89,6 +95,7 @@ class Relay:
         self._maxlen = maxlen
         self._batch = batch
         self._poll_s = poll_s
+        self._linger_s = linger_s
         self._backoff = backoff
         self._rng = rng or random.Random()
         self._listener = listener or RelayListener()
@@ -99,11 +106,15 @@ class Relay:
     def drain(self) -> int:
         """Publishes every event in the outbox, oldest first; returns how many. Raises redis
         errors: the events of the failed batch and after it stay in the outbox."""
+        return self._drain()[0]
+
+    def _drain(self) -> tuple[int, bool]:
+        """How many it published, and whether its last look found the outbox empty."""
         sent = 0
         while not self._stop.is_set():
             rows = self._store.outbox(self._batch)
             if not rows:
-                break
+                return sent, True
             pipe = self._redis.pipeline(transaction=False)
             for row in rows:
                 # redis-py's FieldT is invariant in the mapping's types; a str dict is fine.
@@ -114,8 +125,8 @@ class Relay:
             sent += len(rows)
             self._listener.published(len(rows))
             if len(rows) < self._batch:
-                break
-        return sent
+                return sent, True
+        return sent, False
 
     def backlog(self) -> Backlog:
         pending, oldest_ms = self._store.outbox_backlog()
@@ -132,8 +143,9 @@ class Relay:
             # Cleared before draining: a commit during the drain wakes the next round.
             self._wakeup.clear()
             wait_s = self._poll_s
+            emptied = False
             try:
-                self.drain()
+                _, emptied = self._drain()
             except redis.RedisError as error:
                 failures += 1
                 self._listener.failed()
@@ -147,13 +159,14 @@ class Relay:
                     _log.info("order events published again after %d failed rounds", failures)
                 failures = 0
             try:
-                self._listener.backlog(self.backlog())
+                # Just found empty: no need to ask SQLite (the usual case, once per batch).
+                self._listener.backlog(Backlog(0, 0.0) if emptied else self.backlog())
             except Exception:
                 _log.exception("could not read the outbox backlog")
             if failures:
                 self._stop.wait(wait_s)  # not woken by commits: they would defeat the backoff
-            else:
-                self._wakeup.wait(wait_s)
+            elif self._wakeup.wait(wait_s) and self._linger_s:
+                self._stop.wait(self._linger_s)
 
     def stop(self) -> None:
         """Stops the thread after its current round; what is left is published at next start."""

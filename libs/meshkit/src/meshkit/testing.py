@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import redis
@@ -43,13 +44,17 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server(port: int | None = None) -> Iterator[RedisServer]:
-    """Starts a private ``redis-server`` that keeps nothing on disk, and stops it afterwards."""
+def redis_server(port: int | None = None, *, workdir: Path | None = None) -> Iterator[RedisServer]:
+    """Starts a private ``redis-server`` that keeps nothing on disk, and stops it afterwards.
+
+    With ``workdir`` (kept afterwards), a ``SHUTDOWN SAVE`` writes the data there and the next
+    server started on it loads them: a Redis restarted with its data, as a persistent one is.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: run `make setup`")
     port = port or free_port()
-    workdir = tempfile.mkdtemp(prefix="mesh-redis-")
+    directory = str(workdir) if workdir is not None else tempfile.mkdtemp(prefix="mesh-redis-")
     process = subprocess.Popen(
         [
             binary,
@@ -62,7 +67,7 @@ def redis_server(port: int | None = None) -> Iterator[RedisServer]:
             "--appendonly",
             "no",
             "--dir",
-            workdir,
+            directory,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -78,7 +83,8 @@ def redis_server(port: int | None = None) -> Iterator[RedisServer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is None:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _pings(server: RedisServer) -> bool:
