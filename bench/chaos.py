@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import csv
 import datetime
+import io
 import itertools
 import json
 import math
@@ -190,7 +191,10 @@ class Run:
     samples: list[Sample] = field(default_factory=list)
     #: When the fault was switched on and off (the kill: killed, and back), seconds in.
     window: tuple[float, float] = (0.0, 0.0)
-    #: (attempts that reached payment, Charge calls) at the start and at each phase's end.
+    #: When each phase began, and the last ended: the fault's switches, not the timing's
+    #: nominal seconds (a switch under load takes a while).
+    edges: list[float] = field(default_factory=list)
+    #: (attempts that reached payment, Charge calls) at each of those edges.
     boundaries: list[tuple[float, float]] = field(default_factory=list)
 
 
@@ -249,28 +253,29 @@ class _Turn:
                 state = 0.0  # the gauge appears at the first transition: closed until then
             self.run.samples.append(Sample(self._now(), reached, calls, state, opened))
 
+    async def _edge(self) -> None:
+        """A phase ends now: the time, and the Charge counts at it."""
+        self.run.edges.append(self._now())
+        self.run.boundaries.append(await self._read())
+
     async def _drive_fault(self) -> None:
-        t = self.timing
+        t, scenario = self.timing, self.scenario
         await asyncio.sleep(t.before_s)
-        self.run.boundaries.append(await self._read())
-        start = self._now()
-        if self.scenario.kill:
-            assert self._counts is not None
-            async with self._lock:
-                # The process's counters just before it dies (ChargeCounts).
-                await asyncio.to_thread(self._counts.read_payment)
+        if scenario.kill:
+            # The reading is also the killed process's last (ChargeCounts).
+            await self._edge()
             await kill_payment_v1(self.stack, None)
-            self.run.window = (start, self._now())
-            await asyncio.sleep(max(0.0, t.before_s + t.during_s - self._now()))
+            self.run.window = (self.run.edges[-1], self._now())
         else:
-            if self.scenario.on is not None:
-                await asyncio.to_thread(self.scenario.on, self.stack)
-            start = self._now()
-            await asyncio.sleep(max(0.0, t.before_s + t.during_s - self._now()))
-            if self.scenario.off is not None:
-                await asyncio.to_thread(self.scenario.off, self.stack)
-                self.run.window = (start, self._now())
-        self.run.boundaries.append(await self._read())
+            if scenario.on is not None:
+                await asyncio.to_thread(scenario.on, self.stack)
+            await self._edge()
+        await asyncio.sleep(max(0.0, t.before_s + t.during_s - self._now()))
+        if scenario.off is not None:
+            await asyncio.to_thread(scenario.off, self.stack)
+        await self._edge()
+        if scenario.off is not None:
+            self.run.window = (self.run.edges[-2], self.run.edges[-1])
 
     async def _create(self, i: int) -> object:
         started = time.monotonic()
@@ -286,7 +291,7 @@ class _Turn:
         self._stub = order_pb2_grpc.OrderServiceStub(channel)
         self._counts = await asyncio.to_thread(ChargeCounts, self.stack)
         self._t0 = time.monotonic()
-        self.run.boundaries.append(await self._read())
+        await self._edge()
         stop = asyncio.Event()
         sampler = asyncio.create_task(self._sample_every_second(stop))
         driver = asyncio.create_task(self._drive_fault())
@@ -299,7 +304,7 @@ class _Turn:
             stop.set()
             await sampler
             driver.cancel()
-        self.run.boundaries.append(await self._read())
+        await self._edge()
         return self.run
 
 
@@ -389,15 +394,17 @@ def per_second(run: Run, total_s: float) -> list[dict[str, Any]]:
                 breaker_opened=sample.opened - previous.opened,
             )
         if sample is not None:
-            row["breaker_state"] = math.nan if sample.breaker is None else sample.breaker
             previous = sample
+        # A state lasts until the next reading (one may be late under load and miss a second).
+        if previous is not None and previous.breaker is not None:
+            row["breaker_state"] = previous.breaker
         rows.append(row)
     return rows
 
 
-def phase_summary(run: Run, timing: Timing) -> dict[str, dict[str, Any]]:
+def phase_summary(run: Run) -> dict[str, dict[str, Any]]:
     """Per phase (and the whole run): the calls that ended in it and the attempts per Charge."""
-    edges = [0.0, timing.before_s, timing.before_s + timing.during_s, math.inf]
+    edges = [*run.edges[:-1], math.inf]
     summary = {}
     for n, phase in enumerate([*PHASES, "whole run"]):
         lo, hi = (edges[n], edges[n + 1]) if n < len(PHASES) else (0.0, math.inf)
@@ -440,13 +447,15 @@ PLOTS = (
     ),
     (
         "breaker.png",
-        "Order service's Charge breaker: 0 closed, 1 half-open, 2 open (x: opened that second)",
+        "Order service's Charge breaker: 0 closed, 1 half-open, 2 open (x: opened that second;"
+        " the plain deadline has none)",
         (("breaker_state", "-"),),
         "state",
     ),
 )
 COLOURS = {RESILIENCE: "tab:blue", PLAIN_DEADLINE: "tab:orange"}
 DPI = 80
+PALETTE = 64
 
 
 def _plots(
@@ -459,6 +468,7 @@ def _plots(
 
     matplotlib.use("Agg")  # files only: no display here, and none needed
     import matplotlib.pyplot as plt
+    from PIL import Image
 
     columns = min(3, len(scenarios))
     rows = math.ceil(len(scenarios) / columns)
@@ -505,8 +515,14 @@ def _plots(
         axes[0][0].legend(fontsize=7, loc="best")
         figure.suptitle(title, fontsize=10, x=0.01, ha="left")
         figure.tight_layout(rect=(0, 0, 1, 0.95))
-        figure.savefig(out / filename, dpi=DPI)
+        drawn = io.BytesIO()
+        figure.savefig(drawn, dpi=DPI, format="png")
         plt.close(figure)
+        # A palette of 64 colours keeps the antialiased lines and is a third of the size of
+        # the RGBA matplotlib writes: these files are committed (Pillow comes with matplotlib).
+        Image.open(drawn).convert("RGB").quantize(colors=PALETTE).save(
+            out / filename, optimize=True
+        )
         written.append(filename)
     return written
 
@@ -612,7 +628,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
             "fault": scenario.fault,
             "windows": {run.policy: run.window for run in runs[scenario.slug]},
             "policies": {
-                run.policy: {"phases": phase_summary(run, timing)} for run in runs[scenario.slug]
+                run.policy: {"phases": phase_summary(run), "edges": run.edges}
+                for run in runs[scenario.slug]
             },
         }
     images = _plots(out, scenarios, series, windows)
