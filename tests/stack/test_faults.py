@@ -25,6 +25,7 @@ from ._probes import (
     envoy_counter,
     envoy_counters,
     metric_sum,
+    order_rows,
     payment_handled,
     payment_metrics_ports,
 )
@@ -43,7 +44,11 @@ CHARGE_FAILURE = "cluster.{}.grpc.mesh.payment.v1.PaymentService.Charge.failure"
 @pytest.fixture(scope="module")
 def mesh(stack: Stack) -> Iterator[Stack]:
     """The session's mesh at 50/50, so a few dozen calls reach both payment deployments;
-    every fault cleared and the split back at 90/10 afterwards."""
+    every fault cleared and the split back at 90/10 afterwards. Orders an earlier module left
+    PENDING are let finish first: recovery's calls would show in the counters checked here."""
+    wait_until(
+        lambda: not order_rows(stack, "status = 'PENDING'"), timeout_s=60, what="no order PENDING"
+    )
     stack.set_canary_weights(50, 50)
     try:
         yield stack
