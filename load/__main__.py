@@ -75,8 +75,9 @@ def locust_argv(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> None:
     try:
         command = locust_argv(sys.argv[1:] if argv is None else argv, env)
-    except SettingsError as error:
-        raise SystemExit(f"load: {error}") from None
+    except SettingsError as error:  # as every service does with a bad value
+        print(f"load: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     # The locustfile imports `load` from the checkout, whatever the caller's directory.
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
