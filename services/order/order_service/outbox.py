@@ -41,8 +41,7 @@ _log = logging.getLogger(__name__)
 DEFAULT_BATCH = 200
 DEFAULT_POLL_S = 1.0
 #: After a wake-up: at 150 orders/s, ~8 events per batch instead of one round trip and one
-#: SQLite write each, for 50 ms more on the way to the stream (0.35 ms of the order process's
-#: CPU per order for the outbox at 20 ms, in python -m bench redis-commands).
+#: SQLite write each, for 50 ms more on the way to the stream.
 DEFAULT_LINGER_S = 0.05
 #: While Redis fails: a floor, so a dead Redis is not asked in a tight loop, plus full jitter
 #: doubling to 2 s, so a Redis that is back is used again within about two seconds.
