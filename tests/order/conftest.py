@@ -14,8 +14,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
 from inventory_service.config import Settings as InventorySettings
@@ -126,18 +124,6 @@ def counted_since(before: dict[tuple[str, str], float]) -> dict[tuple[str, str],
     """The series that moved since ``before`` (an :func:`outcome_counts`), by how much."""
     now = outcome_counts()
     return {key: now[key] - before.get(key, 0) for key in now if now[key] != before.get(key, 0)}
-
-
-def violations(error: grpc.RpcError) -> dict[str, str]:
-    """The google.rpc.BadRequest field violations of an INVALID_ARGUMENT, by field."""
-    status = rpc_status.from_call(error)
-    assert status is not None, "INVALID_ARGUMENT must carry a google.rpc.Status"
-    found: dict[str, str] = {}
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            found.update({v.field: v.description for v in bad.field_violations})
-    return found
 
 
 @pytest.fixture

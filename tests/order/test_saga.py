@@ -14,7 +14,7 @@ from mesh.payment.v1 import payment_pb2
 from meshkit.errors import FieldViolation
 from meshkit.redis_client import connect
 from meshkit.sqlite import Database
-from meshkit.testing import free_port, wait_until
+from meshkit.testing import field_violations, free_port, wait_until
 from order_service.domain import Line, Money, Reason, Status, Step, new_order, validate_create
 from order_service.domain import Order as SagaOrder
 from order_service.leases import Leases
@@ -31,7 +31,6 @@ from .conftest import (
     StartPayments,
     counted_since,
     outcome_counts,
-    violations,
 )
 
 PENDING = order_pb2.ORDER_STATUS_PENDING
@@ -392,7 +391,7 @@ def test_unknown_sku_is_invalid_argument_and_leaves_nothing_behind(
         order.create("cust-1", ("SKU-0001", 1), ("SKU-9999", 1), request_id="unknown-1")
 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "lines[1].sku" in violations(caught.value)
+    assert "lines[1].sku" in field_violations(caught.value)
     listed = order.stub.ListOrders(order_pb2.ListOrdersRequest(), timeout=5)
     assert list(listed.orders) == []
     assert inventory.available("SKU-0001") == SEED_STOCK

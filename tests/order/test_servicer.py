@@ -21,7 +21,7 @@ from meshkit.errors import PUSHBACK_HEADER, trailer_bytes
 from meshkit.ids import new_id
 from meshkit.limits import ERROR_TRAILER_BUDGET_BYTES, MAX_FIELD_VIOLATIONS
 from meshkit.paging import INT64_MAX, _filter_digest
-from meshkit.testing import redis_server
+from meshkit.testing import field_violations, redis_server
 from order_service import metric_names as m
 from order_service.claims import Claim, claim_key
 from order_service.domain import new_order, validate_create
@@ -37,7 +37,6 @@ from .conftest import (
     Payments,
     StartOrder,
     proto_lines,
-    violations,
 )
 
 CONFIRMED = order_pb2.ORDER_STATUS_CONFIRMED
@@ -155,7 +154,7 @@ def test_create_order_names_every_bad_field(order: Order) -> None:
         order.stub.CreateOrder(request, timeout=5)
 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert set(violations(caught.value)) == {
+    assert set(field_violations(caught.value)) == {
         "customer_id",
         "request_id",
         "lines[0].quantity",
@@ -168,7 +167,7 @@ def test_create_order_without_lines_is_invalid(order: Order) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         order.create("cust-1", request_id="empty-1")
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert set(violations(caught.value)) == {"lines"}
+    assert set(field_violations(caught.value)) == {"lines"}
 
 
 @pytest.mark.parametrize("order_id", ["", "ord_xyz", "pay_" + "0" * 32, "ord_" + "A" * 32])
@@ -176,7 +175,7 @@ def test_get_order_with_a_malformed_id_is_invalid(order: Order, order_id: str) -
     with pytest.raises(grpc.RpcError) as caught:
         order.get(order_id)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert set(violations(caught.value)) == {"order_id"}
+    assert set(field_violations(caught.value)) == {"order_id"}
 
 
 def test_get_order_unknown_is_not_found(order: Order) -> None:
@@ -217,7 +216,7 @@ def test_list_orders_names_every_bad_field(order: Order) -> None:
             timeout=5,
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert set(violations(caught.value)) == {"customer_id", "page_size", "page_token"}
+    assert set(field_violations(caught.value)) == {"customer_id", "page_size", "page_token"}
 
 
 def test_a_page_token_is_bound_to_its_filter(order: Order) -> None:
@@ -231,7 +230,7 @@ def test_a_page_token_is_bound_to_its_filter(order: Order) -> None:
             order_pb2.ListOrdersRequest(page_token=page.next_page_token), timeout=5
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert set(violations(caught.value)) == {"page_token"}
+    assert set(field_violations(caught.value)) == {"page_token"}
 
 
 def test_a_claim_whose_runner_died_before_inserting_is_taken_over(
@@ -380,7 +379,7 @@ def test_get_order_refuses_a_hostile_id(
     order: Order, order_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     error = _invalid(order.stub.GetOrder, order_pb2.GetOrderRequest(order_id=order_id))
-    assert set(violations(error)) == {"order_id"}
+    assert set(field_violations(error)) == {"order_id"}
     _no_tracebacks(caplog)
 
 
@@ -406,7 +405,7 @@ def test_create_order_refuses_hostile_lines_in_small_trailers(
     request = order_pb2.CreateOrderRequest(
         customer_id="alice", request_id=new_id("req"), lines=proto_lines(*lines)
     )
-    found = violations(_invalid(order.stub.CreateOrder, request))
+    found = field_violations(_invalid(order.stub.CreateOrder, request))
     if fields is None:  # more bad lines than an error lists: the rest are counted
         assert len(found) == MAX_FIELD_VIOLATIONS + 1
         assert found["request"].endswith("more not listed")
@@ -422,7 +421,7 @@ def test_create_order_refuses_hostile_lines_in_small_trailers(
 def test_create_order_refuses_a_hostile_id(order: Order, field: str, value: str) -> None:
     fields = {"customer_id": "alice", "request_id": new_id("req"), field: value}
     request = order_pb2.CreateOrderRequest(lines=proto_lines(("SKU-0001", 1)), **fields)
-    assert set(violations(_invalid(order.stub.CreateOrder, request))) == {field}
+    assert set(field_violations(_invalid(order.stub.CreateOrder, request))) == {field}
 
 
 def _crafted_token(cursor: object, customer_id: str = "") -> str:
@@ -449,7 +448,7 @@ def test_list_orders_refuses_a_crafted_page_token(
     order: Order, token: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     error = _invalid(order.stub.ListOrders, order_pb2.ListOrdersRequest(page_token=token))
-    assert set(violations(error)) == {"page_token"}
+    assert set(field_violations(error)) == {"page_token"}
     _no_tracebacks(caplog)
 
 
@@ -464,7 +463,7 @@ def test_list_orders_accepts_a_crafted_token_in_range(order: Order) -> None:
 @pytest.mark.parametrize("page_size", [-(2**31), -1, 101, 2**31 - 1])
 def test_list_orders_refuses_an_extreme_page_size(order: Order, page_size: int) -> None:
     error = _invalid(order.stub.ListOrders, order_pb2.ListOrdersRequest(page_size=page_size))
-    assert set(violations(error)) == {"page_size"}
+    assert set(field_violations(error)) == {"page_size"}
 
 
 @pytest.mark.parametrize(
@@ -480,7 +479,7 @@ def test_bytes_that_are_not_the_request_are_invalid_argument(
 ) -> None:
     call = order.channel.unary_unary(f"/mesh.order.v1.OrderService/{method}")
     error = _invalid(call, payload)
-    assert violations(error) == {"request": f"is not a valid mesh.order.v1.{method}Request"}
+    assert field_violations(error) == {"request": f"is not a valid mesh.order.v1.{method}Request"}
     _no_tracebacks(caplog)
 
 

@@ -10,8 +10,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from mesh.common.v1 import money_pb2
 from mesh.payment.v1 import payment_pb2, payment_pb2_grpc
@@ -40,18 +38,6 @@ def charge_request(**overrides: Any) -> payment_pb2.ChargeRequest:
     }
     fields.update(overrides)
     return payment_pb2.ChargeRequest(**fields)
-
-
-def violations(error: grpc.RpcError) -> dict[str, str]:
-    """The google.rpc.BadRequest field violations of an INVALID_ARGUMENT, by field."""
-    status = rpc_status.from_call(error)
-    assert status is not None, "INVALID_ARGUMENT must carry a google.rpc.Status"
-    found: dict[str, str] = {}
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            found.update({v.field: v.description for v in bad.field_violations})
-    return found
 
 
 def row_count(data_dir: Path, where: str = "1", *args: object) -> int:

@@ -12,8 +12,9 @@ from mesh.payment.v1 import payment_pb2
 from meshkit.errors import trailer_bytes
 from meshkit.ids import new_id
 from meshkit.limits import ERROR_TRAILER_BUDGET_BYTES
+from meshkit.testing import field_violations
 
-from .conftest import Payments, charge_request, row_count, violations
+from .conftest import Payments, charge_request, row_count
 
 CAPTURED = payment_pb2.PAYMENT_STATE_CAPTURED
 DECLINED = payment_pb2.PAYMENT_STATE_DECLINED
@@ -64,7 +65,7 @@ def test_charge_rejects_bad_input_naming_the_field(
 ) -> None:
     error = _rejects(payments.stub.Charge, charge_request(**overrides))
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert set(violations(error)) == fields
+    assert set(field_violations(error)) == fields
     assert all(field in (error.details() or "") for field in fields)
     assert row_count(payments.settings.data_dir) == 0
 
@@ -86,7 +87,7 @@ def test_refund_rejects_bad_input_naming_the_field(
 ) -> None:
     error = _rejects(payments.stub.Refund, request_)
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert set(violations(error)) == fields
+    assert set(field_violations(error)) == fields
 
 
 @pytest.mark.parametrize("payment_id", ["", "pay_", "pay_" + "G" * 32, new_id("ord")])
@@ -95,7 +96,7 @@ def test_get_payment_rejects_bad_input_naming_the_field(
 ) -> None:
     error = _rejects(payments.stub.GetPayment, payment_pb2.GetPaymentRequest(payment_id=payment_id))
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert set(violations(error)) == {"payment_id"}
+    assert set(field_violations(error)) == {"payment_id"}
 
 
 @pytest.mark.parametrize(
@@ -117,7 +118,7 @@ def test_void_charge_rejects_bad_input_naming_the_field(
 ) -> None:
     error = _rejects(payments.stub.VoidCharge, request_)
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert set(violations(error)) == fields
+    assert set(field_violations(error)) == fields
     assert row_count(payments.settings.data_dir) == 0
 
 
@@ -358,7 +359,7 @@ def test_charge_refuses_hostile_input(
 ) -> None:
     error = _rejects(payments.stub.Charge, charge_request(**overrides))
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert set(violations(error)) == {field}
+    assert set(field_violations(error)) == {field}
     _assert_small(error)
     assert not [r for r in caplog.records if r.exc_info]
     assert row_count(payments.settings.data_dir) == 0
@@ -380,7 +381,7 @@ def test_get_payment_and_refund_refuse_a_hostile_id(payments: Payments, payment_
         ),
     ):
         assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert set(violations(error)) == {"payment_id"}
+        assert set(field_violations(error)) == {"payment_id"}
         _assert_small(error)
 
 
@@ -402,7 +403,7 @@ def test_void_charge_refuses_hostile_ids(
 ) -> None:
     error = _rejects(payments.stub.VoidCharge, request_)
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert set(violations(error)) == fields
+    assert set(field_violations(error)) == fields
     _assert_small(error)
 
 
@@ -415,5 +416,5 @@ def test_bytes_that_are_not_the_request_are_invalid_argument(
         call = channel.unary_unary(f"/mesh.payment.v1.PaymentService/{method}")
         error = _rejects(call, payload)
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    assert set(violations(error)) == {"request"}
+    assert set(field_violations(error)) == {"request"}
     assert not [r for r in caplog.records if r.exc_info]
