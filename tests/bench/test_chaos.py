@@ -3,7 +3,7 @@ and the resilience policy confirming more orders than a plain deadline while pay
 10% of its Charges.
 
 The short mode runs only the transient scenario (2 s before the fault, 6 s during, 3 s after,
-per policy), the one where retries should show most plainly; the full matrix takes ~6 min.
+per policy), the one where retries should show most plainly; the full matrix takes ~3 min.
 """
 
 from __future__ import annotations
