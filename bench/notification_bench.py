@@ -10,7 +10,9 @@ from the rows (1 ms resolution) and polling the table costs the consumers nothin
 * burst: ``--burst`` events written at once (pipelined), with 1, 2 and 4 consumers: the queueing
   latency and how fast a backlog drains (events / (last stored - first written)).
 
-Every event is stored exactly once (checked), and the process's RSS is read at the end.
+Every event is stored exactly once (checked), and the process's RSS is read at the end. CPU per
+event is the notification process's user + system time (``/proc/<pid>/stat``) over a run, divided
+by its events: the consumers' work, plus what the idle server and /metrics cost meanwhile.
 
     python -m bench notifications [--paced 300] [--interval-ms 10] [--burst 2000] [--quick]
 """
@@ -52,6 +54,11 @@ class Notifier:
             return []
         with closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)) as conn:
             return conn.execute("SELECT occurred_at_ms, stored_at_ms FROM notifications").fetchall()
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -113,13 +120,13 @@ def percentile(values: list[int], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
-def row(name: str, rows: list[tuple[int, int]], consumers: int) -> str:
+def row(name: str, rows: list[tuple[int, int]], consumers: int, cpu_s: float) -> str:
     latencies = [stored - occurred for occurred, stored in rows]
     span_s = max(1, max(s for _, s in rows) - min(o for o, _ in rows)) / 1000
     p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
     return (
         f"| {name:<8} | {consumers:>9} | {len(rows):>6} | {p50:>6.0f} | {p99:>6.0f} "
-        f"| {max(latencies):>6} | {len(rows) / span_s:>8.0f} |"
+        f"| {max(latencies):>6} | {len(rows) / span_s:>8.0f} | {cpu_s * 1e6 / len(rows):>10.0f} |"
     )
 
 
@@ -134,8 +141,8 @@ def main() -> None:
         args.paced, args.burst = 100, 500
 
     print(
-        "| run      | consumers | events | p50 ms | p99 ms | max ms | events/s |\n"
-        "|----------|-----------|--------|--------|--------|--------|----------|"
+        "| run      | consumers | events | p50 ms | p99 ms | max ms | events/s | CPU us/evt |\n"
+        "|----------|-----------|--------|--------|--------|--------|----------|------------|"
     )
     rss: dict[int, float] = {}
     with redis_server() as server:
@@ -147,19 +154,23 @@ def main() -> None:
                 notifier(server.url, Path(tmp), consumers) as notifications,
             ):
                 if consumers == 2:  # the default: the latency one customer sees
+                    cpu = notifications.cpu_s()
                     for _ in range(args.paced):
                         client.xadd(order_events.STREAM, event())  # type: ignore[arg-type]
                         time.sleep(args.interval_ms / 1000)
                     paced = wait_for(notifications, args.paced)
-                    print(row("paced", paced, consumers), flush=True)
+                    cpu = notifications.cpu_s() - cpu
+                    print(row("paced", paced, consumers, cpu), flush=True)
                 before = len(notifications.rows())
+                cpu = notifications.cpu_s()
                 pipe = client.pipeline(transaction=False)
                 for _ in range(args.burst):
                     pipe.xadd(order_events.STREAM, event())  # type: ignore[arg-type]
                 pipe.execute()
                 rows = wait_for(notifications, before + args.burst)
+                cpu = notifications.cpu_s() - cpu
                 burst = sorted(rows, key=lambda r: r[0])[before:]
-                print(row("burst", burst, consumers), flush=True)
+                print(row("burst", burst, consumers, cpu), flush=True)
                 rss[consumers] = notifications.rss_mib()
         client.close()
     print(

@@ -7,16 +7,29 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import redis
+from prometheus_client import CollectorRegistry
 
 from mesh.order.v1 import order_pb2
 from meshkit.order_events import STREAM
 from meshkit.testing import redis_server, wait_until
 from notification_service import metric_names as m
 from notification_service.config import Settings
-from notification_service.consumers import Process, Processed
+from notification_service.consumers import (
+    Consumer,
+    ConsumerOptions,
+    Process,
+    Processed,
+    StoreNotifications,
+)
+from notification_service.domain import DeliveryPolicy
+from notification_service.metrics import ConsumerMetrics
 from notification_service.replay import replay
+from notification_service.store import NotificationStore
 from notification_service.stream import DEAD_LETTERS, GROUP, EventStream, Fields
 
 from .conftest import Notifications, Start, metric, order_event
@@ -220,3 +233,95 @@ def test_consumers_back_off_while_redis_is_down_and_resume_on_a_new_one(start: S
         listed = {n.event_id for n in notifications.listed()}
         assert listed == {before.event_id, after.event_id}
         notifications.running.stop()
+
+
+class _Batches:
+    """One consumer driven round by round (no thread) over a real store and Redis, counting
+    the store's transactions and the XACKs Redis answered."""
+
+    def __init__(self, redis_url: str, db: Path) -> None:
+        self.client = redis.Redis.from_url(redis_url)
+        self.store = NotificationStore(db)
+        self.transactions = 0
+        self.registry = CollectorRegistry()
+        self.consumer = Consumer(
+            EventStream(self.client),
+            "batcher-0",
+            StoreNotifications(self.store),
+            # An hour's claim idle time: a failed entry stays pending, as its first failure left it.
+            options=ConsumerOptions(
+                count=16, claim_idle_ms=3_600_000, policy=DeliveryPolicy(max_deliveries=3)
+            ),
+            metrics=ConsumerMetrics(self.registry),
+            stopping=threading.Event(),
+            together=self._together,
+        )
+
+    @contextmanager
+    def _together(self) -> Iterator[None]:
+        with self.store.together():
+            yield
+        self.transactions += 1  # committed
+
+    def xacks(self) -> int:
+        stats = self.client.info("commandstats").get("cmdstat_xack", {})
+        return int(stats.get("calls", 0))
+
+    def rounds(self) -> None:
+        """The first round (group made, own pending read back: none), then one read."""
+        self.consumer.step()
+        self.consumer.step()
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def close(self) -> None:
+        self.store.close()
+        self.client.close()
+
+
+def test_one_read_is_stored_in_one_transaction_and_acknowledged_in_one_xack(
+    redis_url: str, tmp_path: Path
+) -> None:
+    batches = _Batches(redis_url, tmp_path / "n.db")
+    EventStream(batches.client).ensure_group()
+    events = [order_event() for _ in range(15)]
+    for event in [*events, events[0]]:  # the last one a republished duplicate
+        batches.client.xadd(STREAM, event.to_fields())  # type: ignore[arg-type]
+    xacks = batches.xacks()
+
+    batches.rounds()
+
+    assert batches.transactions == 1
+    assert batches.xacks() - xacks == 1
+    assert batches.client.xpending(STREAM, GROUP)["pending"] == 0
+    stored = [batches.store.by_event(e.event_id) for e in events]
+    assert all(n is not None for n in stored)
+    assert batches.metric(m.STORED, type=events[0].type) == 15
+    assert batches.metric(m.DUPLICATES) == 1
+    batches.close()
+
+
+def test_a_poison_entry_fails_alone_and_the_rest_of_its_batch_is_stored_and_acknowledged(
+    redis_url: str, tmp_path: Path
+) -> None:
+    batches = _Batches(redis_url, tmp_path / "n.db")
+    EventStream(batches.client).ensure_group()
+    good = [order_event() for _ in range(6)]
+    poison = {**order_event().to_fields(), "type": "order.shipped"}
+    ids = [batches.client.xadd(STREAM, e.to_fields()) for e in good[:3]]  # type: ignore[arg-type]
+    poison_id = batches.client.xadd(STREAM, poison)  # type: ignore[arg-type]
+    ids += [batches.client.xadd(STREAM, e.to_fields()) for e in good[3:]]  # type: ignore[arg-type]
+
+    batches.rounds()
+
+    # The batch's transaction rolled back; each entry then went alone (one transaction each).
+    assert batches.transactions == 0
+    assert all(batches.store.by_event(e.event_id) is not None for e in good)
+    assert batches.store.by_event(poison["event_id"]) is None
+    (pending,) = batches.client.xpending_range(STREAM, GROUP, min="-", max="+", count=10)
+    assert (pending["message_id"], pending["times_delivered"]) == (poison_id, 1)
+    assert batches.metric(m.FAILURES) == 1
+    assert batches.metric(m.STORED, type=good[0].type) == 6
+    assert _dead_letters(batches.client) == []
+    batches.close()

@@ -12,6 +12,11 @@ One entry's life (K = NOTIFICATION_MAX_DELIVERIES, idle = NOTIFICATION_CLAIM_IDL
                    than K times that nobody acknowledged is dead-lettered unprocessed
                    (the process crash it causes would kill the next consumer too)
 
+What one read (or claim) returns is processed together: one SQLite transaction for all its
+entries, then one XACK of all their ids. When that transaction fails (a poison entry among
+them), each entry is processed again on its own, so only the poison one fails and heads for the
+dead letters, and the others are stored and acknowledged in the same round.
+
 A restarted consumer has the same name (``<prefix>-<n>``), so it first reads back its own
 pending entries (XREADGROUP from id 0) instead of waiting out the claim idle time. The store's
 UNIQUE(event_id) makes every redelivery a no-op, and an entry is acknowledged only after the
@@ -25,6 +30,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -61,6 +67,11 @@ class Processed:
 
 #: What is done with one entry's fields: raises when the entry cannot be processed (poison).
 Process = Callable[[Fields], Processed]
+#: Makes the processing of every entry inside one unit: committed together when the block ends,
+#: or none of it when it raises (the store's transaction). nullcontext: each on its own.
+Together = Callable[[], AbstractContextManager[object]]
+#: An entry to deliver: its id, fields, and its delivery count (None: ask Redis if it fails).
+Delivery = tuple[bytes, Fields, int | None]
 
 
 class StoreNotifications:
@@ -115,12 +126,14 @@ class Consumer:
         options: ConsumerOptions,
         metrics: ConsumerMetrics,
         stopping: threading.Event,
+        together: Together = nullcontext,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
         self.name = name
         self._stream = stream
         self._process = process
+        self._together = together
         self._options = options
         self._metrics = metrics
         self._stopping = stopping
@@ -169,14 +182,12 @@ class Consumer:
                 self._backlog = None
                 return
             self._backlog = own[-1][0]
-            for entry_id, fields in own:
-                self._deliver(entry_id, fields, deliveries=None)
+            self._deliver_all([(entry_id, fields, None) for entry_id, fields in own])
             return
         entries = self._stream.read(
             self.name, start=">", count=self._options.count, block_ms=self._options.block_ms
         )
-        for entry_id, fields in entries:
-            self._deliver(entry_id, fields, deliveries=1)
+        self._deliver_all([(entry_id, fields, 1) for entry_id, fields in entries])
 
     def _claim(self) -> None:
         """Takes over idle entries, a batch at a time, until the scan of the pending list
@@ -193,17 +204,42 @@ class Consumer:
             if claimed.entries:
                 self._metrics.claimed(len(claimed.entries))
                 _log.info("consumer %s claimed %d idle entries", self.name, len(claimed.entries))
+            retried: list[Delivery] = []
             for entry_id, fields, deliveries in claimed.entries:
                 if self._options.policy.gives_up_before_processing(deliveries):
                     reason = overdelivered_reason(deliveries)
                     self._dead_letter(entry_id, fields, reason, deliveries, m.CAUSE_OVERDELIVERED)
                 else:
-                    self._deliver(entry_id, fields, deliveries=deliveries)
+                    retried.append((entry_id, fields, deliveries))
+            self._deliver_all(retried)
             if claimed.next_start == b"0-0" or self._stopping.is_set():
                 break
         info = self._stream.info()
         if info is not None:
             self._metrics.group(info)
+
+    def _deliver_all(self, entries: Sequence[Delivery]) -> None:
+        """One transaction and one XACK for them all; one at a time if that transaction fails."""
+        if len(entries) <= 1:
+            for entry_id, fields, deliveries in entries:
+                self._deliver(entry_id, fields, deliveries=deliveries)
+            return
+        try:
+            with self._together():
+                done = [self._process(fields) for _, fields, _ in entries]
+        except Exception as error:  # whatever broke it, each entry tells alone
+            _log.info(
+                "consumer %s: a batch of %d failed (%s); processing each on its own",
+                self.name,
+                len(entries),
+                reason_of(error),
+            )
+            for entry_id, fields, deliveries in entries:
+                self._deliver(entry_id, fields, deliveries=deliveries)
+            return
+        self._stream.ack(*(entry_id for entry_id, _, _ in entries))
+        for processed in done:
+            self._count(processed)
 
     def _deliver(self, entry_id: bytes, fields: Fields, *, deliveries: int | None) -> None:
         try:
@@ -212,6 +248,9 @@ class Consumer:
             self._failed(entry_id, fields, reason_of(error), deliveries)
             return
         self._stream.ack(entry_id)
+        self._count(processed)
+
+    def _count(self, processed: Processed) -> None:
         if processed.outcome == "stored":
             self._metrics.stored(processed.event_type)
         else:
@@ -264,12 +303,19 @@ class ConsumerGroup:
         *,
         options: ConsumerOptions,
         metrics: ConsumerMetrics,
+        together: Together = nullcontext,
     ) -> None:
         self._stopping = threading.Event()
         self._options = options
         self.consumers = [
             Consumer(
-                stream, name, process, options=options, metrics=metrics, stopping=self._stopping
+                stream,
+                name,
+                process,
+                options=options,
+                metrics=metrics,
+                stopping=self._stopping,
+                together=together,
             )
             for name in names
         ]

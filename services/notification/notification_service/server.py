@@ -56,6 +56,7 @@ def serve(settings: Settings, *, wrap: Callable[[Process], Process] | None = Non
         process if wrap is None else wrap(process),
         options=consumer_options(settings),
         metrics=consumer_metrics(),
+        together=store.together,
     )
     servicer = NotificationServicer(store)
     running = build_server(

@@ -136,8 +136,9 @@ class EventStream:
             return []
         return [(entry_id, fields or {}) for entry_id, fields in reply[0][1]]
 
-    def ack(self, entry_id: bytes) -> None:
-        self._client.xack(self.stream, self.group, entry_id)
+    def ack(self, *entry_ids: bytes) -> None:
+        """Acknowledges them all in one XACK."""
+        self._client.xack(self.stream, self.group, *entry_ids)
 
     def deliveries(self, entry_id: bytes) -> int:
         """How often the entry was delivered (0 if it is no longer pending)."""
