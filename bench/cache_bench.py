@@ -12,9 +12,16 @@ SQLite loads of the cached one are read from its ``inventory_cache_loads_total``
 * concurrent misses: rounds of 16 GetItem at once of one SKU whose entry was just deleted
   (as when it expires);
 * Redis hung: the hot key with redis-server stopped by SIGSTOP (the cached process skips Redis
-  after one 50 ms timeout).
+  after one 50 ms timeout);
+* Zipf: a catalog of ZIPF_SKUS SKUs (ZIPF_UNKNOWN more that do not exist), popularity Zipf with
+  s = ZIPF_S over all of them in a seeded random rank order; ZIPF_LIST_SHARE of the calls are
+  ListItems (first page), ZIPF_WRITE_SHARE a Reserve and its Release of a Zipf-drawn SKU (each
+  drops that SKU's entry), the rest GetItem. Next to it, the same mix with uniform popularity.
+  Both processes get the same seeded sequence of calls; hit ratio and negative hits are read
+  from ``inventory_cache_lookups_total`` (a ListItems counts its page and each of its items),
+  latency is of the reads only.
 
-    python -m bench cache [--in-flight 8] [--rounds 3] [--block 2] [--miss-rounds 200]
+    python -m bench cache [--in-flight 8] [--rounds 3] [--block 2] [--miss-rounds 200] [--quick]
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -38,15 +47,34 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench._load import LoadResult, run_closed_loop
 from inventory_service import metric_names
-from inventory_service.cache import item_keys
+from inventory_service.cache import CACHE_NAMESPACE, item_keys
+from inventory_service.config import DB_FILENAME
+from inventory_service.domain import CATALOG, CatalogEntry
+from inventory_service.store import SCHEMA, InventoryStore
 from mesh.common.v1 import money_pb2
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from meshkit.ids import new_id
+from meshkit.sqlite import Database
 from meshkit.testing import RedisServer, free_port, is_serving, redis_server, wait_until
 
 UNKNOWN_SKUS = [f"NOPE-{i:04d}" for i in range(200)]
 MISS_SKU = "SKU-0003"
 CONCURRENT_MISSES = 16
+
+#: The Zipf scenario's catalog: the seed's SKUs plus bench ones, and SKUs that do not exist.
+#: Many more than one TTL's reads here (~700/s x 30 s), so that popularity decides what is hot.
+ZIPF_SKUS = 20_000
+ZIPF_UNKNOWN = 2_000
+ZIPF_S = 1.1
+ZIPF_LIST_SHARE = 0.05
+ZIPF_WRITE_SHARE = 0.02
+ZIPF_SEED = 20261202
+#: Calls drawn in advance (the sequence repeats past it; a 2 s block makes ~2000-5000 here).
+ZIPF_DRAWS = 100_000
+BENCH_SKUS = [
+    CatalogEntry(f"ZIPF-{n:04d}", f"Bench item {n}", 100 + n)
+    for n in range(ZIPF_SKUS - len(CATALOG))
+]
 
 
 @dataclass
@@ -72,6 +100,17 @@ class Inventory:
         """SQLite loads the cache made so far (the uncached process: every read is one)."""
         return self.counter(metric_names.LOADS)
 
+    def lookups(self) -> dict[str, float]:
+        """Cache lookups so far by result (every kind)."""
+        results = (
+            metric_names.RESULT_HIT,
+            metric_names.RESULT_NEGATIVE_HIT,
+            metric_names.RESULT_STALE,
+            metric_names.RESULT_MISS,
+            metric_names.RESULT_BYPASS,
+        )
+        return {r: self.counter(metric_names.LOOKUPS, result=r) for r in results}
+
     def skipped(self) -> tuple[float, float]:
         """Lookups that skipped Redis, and Redis errors, so far."""
         bypassed = self.counter(metric_names.LOOKUPS, result=metric_names.RESULT_BYPASS)
@@ -92,6 +131,10 @@ def _inventory(name: str, redis_url: str, data_dir: Path, *, cached: bool) -> It
         "DATA_DIR": str(data_dir),
         "REDIS_URL": redis_url,
     }
+    data_dir.mkdir(parents=True)
+    db = Database(data_dir / DB_FILENAME, SCHEMA)  # the Zipf scenario's larger catalog
+    InventoryStore(db).seed(tuple(BENCH_SKUS), 1_000_000)
+    db.close()
     process = subprocess.Popen(
         [sys.executable, "-m", "inventory_service"],
         env=env,
@@ -202,6 +245,158 @@ async def _misses(
     return result, loads
 
 
+def zipf_draws(n: int, s: float, count: int, rng: random.Random) -> list[int]:
+    """``count`` ranks in [0, n) with P(k) proportional to (k + 1) ** -s: inverse CDF over the
+    cumulative weights (random.choices bisects them). numpy is not a dependency for one line."""
+    cumulative = list(itertools.accumulate((k + 1) ** -s for k in range(n)))
+    return rng.choices(range(n), cum_weights=cumulative, k=count)
+
+
+@dataclass(frozen=True)
+class Mix:
+    """A seeded sequence of calls: the i-th call is ``kinds[i]`` of ``skus[i]``."""
+
+    name: str
+    skus: list[str]
+    kinds: list[str]  # "get", "list" or "write"
+
+    @classmethod
+    def of(cls, name: str, *, zipf: bool) -> Mix:
+        rng = random.Random(ZIPF_SEED)
+        population = [e.sku for e in (*CATALOG, *BENCH_SKUS)]
+        population += [f"GONE-{n:04d}" for n in range(ZIPF_UNKNOWN)]
+        rng.shuffle(population)  # rank order: unknown SKUs land anywhere in it
+        n = len(population)
+        ranks = (
+            zipf_draws(n, ZIPF_S, ZIPF_DRAWS, rng)
+            if zipf
+            else [rng.randrange(n) for _ in range(ZIPF_DRAWS)]
+        )
+        kinds = rng.choices(
+            ["get", "list", "write"],
+            weights=[1 - ZIPF_LIST_SHARE - ZIPF_WRITE_SHARE, ZIPF_LIST_SHARE, ZIPF_WRITE_SHARE],
+            k=ZIPF_DRAWS,
+        )
+        skus = [population[r] for r in ranks]
+        # A write goes to a SKU that exists: the next known one in the draw order.
+        known = [sku for sku in skus if not sku.startswith("GONE-")]
+        skus = [
+            known[i % len(known)] if kind == "write" and sku.startswith("GONE-") else sku
+            for i, (sku, kind) in enumerate(zip(skus, kinds, strict=True))
+        ]
+        return cls(name, skus, kinds)
+
+
+@dataclass
+class MixRow:
+    popularity: str
+    variant: str
+    reads: LoadResult
+    loads: float = 0.0
+    writes: int = 0
+    lookups: dict[str, float] | None = None  # by result; None: no cache
+
+    def per_1000(self, value: float) -> float:
+        return 1000 * value / self.reads.ok if self.reads.ok else float("nan")
+
+
+async def _mix_block(
+    inventory: Inventory,
+    stub: inventory_pb2_grpc.InventoryServiceStub,
+    mix: Mix,
+    *,
+    start: int,
+    in_flight: int,
+    block_s: float,
+) -> tuple[LoadResult, float, int, dict[str, float], int]:
+    """One block of the mix from its ``start``-th call: read latencies only (writes are timed
+    apart), SQLite loads, writes, the cache's lookups by result, and where the next block
+    starts (each block goes on with the sequence: a replay would find it cached)."""
+    reads: list[float] = []
+    writes = 0
+    last = start
+    loop = asyncio.get_running_loop()
+
+    async def call(i: int) -> object:
+        nonlocal writes, last
+        last = max(last, start + i)
+        sku, kind = mix.skus[(start + i) % ZIPF_DRAWS], mix.kinds[(start + i) % ZIPF_DRAWS]
+        if kind == "write":
+            lines = [money_pb2.Line(sku=sku, quantity=1)]
+            reservation = await stub.Reserve(
+                inventory_pb2.ReserveRequest(order_id=new_id("ord"), lines=lines), timeout=5
+            )
+            await stub.Release(
+                inventory_pb2.ReleaseRequest(reservation_id=reservation.reservation_id), timeout=5
+            )
+            writes += 2
+            return reservation
+        started = loop.time()
+        try:
+            if kind == "list":
+                reply: object = await stub.ListItems(inventory_pb2.ListItemsRequest(), timeout=5)
+            else:
+                reply = await stub.GetItem(inventory_pb2.GetItemRequest(sku=sku), timeout=5)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            reply = error
+        reads.append(loop.time() - started)
+        return reply
+
+    lookups_before = inventory.lookups() if inventory.cached else {}
+    loads_before = inventory.loads()
+    result = await run_closed_loop(call, in_flight=in_flight, duration_s=block_s)
+    read_result = LoadResult(latencies_s=reads, errors=result.errors, elapsed_s=result.elapsed_s)
+    loads = inventory.loads() - loads_before if inventory.cached else float(len(reads))
+    lookups = (
+        {r: v - lookups_before[r] for r, v in inventory.lookups().items()}
+        if inventory.cached
+        else {}
+    )
+    return read_result, loads, writes, lookups, last + 1
+
+
+async def _mixes(
+    args: argparse.Namespace,
+    pair: list[Inventory],
+    stubs: list[inventory_pb2_grpc.InventoryServiceStub],
+    admin: redis.Redis,
+) -> list[MixRow]:
+    rows: dict[tuple[str, str], MixRow] = {}
+    for mix in (Mix.of(f"Zipf s={ZIPF_S}", zipf=True), Mix.of("uniform", zipf=False)):
+        # Each popularity starts from an empty cache, warmed by one block of its own.
+        for key in admin.scan_iter(match=f"{CACHE_NAMESPACE}*", count=1000):
+            admin.delete(key)
+        # Each variant walks the same sequence of calls from its start, at its own pace.
+        cursor = {inventory.name: 0 for inventory in pair}
+        for inventory, stub in zip(pair, stubs, strict=True):  # warm-up, not counted
+            *_, cursor[inventory.name] = await _mix_block(
+                inventory, stub, mix, start=0, in_flight=args.in_flight, block_s=args.block
+            )
+        for _ in range(args.rounds):
+            for inventory, stub in zip(pair, stubs, strict=True):
+                reads, loads, writes, lookups, cursor[inventory.name] = await _mix_block(
+                    inventory,
+                    stub,
+                    mix,
+                    start=cursor[inventory.name],
+                    in_flight=args.in_flight,
+                    block_s=args.block,
+                )
+                row = rows.setdefault(
+                    (mix.name, inventory.name),
+                    MixRow(mix.name, inventory.name, LoadResult(), 0.0, 0, {} if lookups else None),
+                )
+                row.reads.merge(reads)
+                row.loads += loads
+                row.writes += writes
+                if row.lookups is not None:
+                    for result, count in lookups.items():
+                        row.lookups[result] = row.lookups.get(result, 0.0) + count
+    return list(rows.values())
+
+
 async def _run(args: argparse.Namespace, redis_proc: RedisServer, pair: list[Inventory]) -> None:
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{i.port}") for i in pair]
     stubs = [inventory_pb2_grpc.InventoryServiceStub(c) for c in channels]
@@ -261,10 +456,12 @@ async def _run(args: argparse.Namespace, redis_proc: RedisServer, pair: list[Inv
             add("hot key, Redis hung", inventory, result, loads, 0)
     finally:
         redis_proc.process.send_signal(signal.SIGCONT)
+    mixes = await _mixes(args, pair, stubs, admin)
     admin.close()
     for channel in channels:
         await channel.close()
     _print(list(rows.values()))
+    _print_mixes(mixes)
 
 
 def _print(rows: list[Row]) -> None:
@@ -288,6 +485,44 @@ def _print(rows: list[Row]) -> None:
         " writes per block in 'hot key, writes': "
         + ", ".join(f"{row.variant} {row.writes}" for row in rows if row.writes)
         + ")"
+    )
+
+
+def _print_mixes(rows: list[MixRow]) -> None:
+    print(
+        f"\n{ZIPF_SKUS} SKUs + {ZIPF_UNKNOWN} unknown, {ZIPF_DRAWS} seeded draws; calls:"
+        f" {ZIPF_LIST_SHARE:.0%} ListItems, {ZIPF_WRITE_SHARE:.0%} Reserve + Release,"
+        " the rest GetItem\n"
+    )
+    print(
+        "| popularity | variant | reads/s | hit ratio | negative hits per 1000 reads"
+        " | SQLite loads per 1000 reads | p50 ms | p99 ms | writes | errors |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        r = row.reads
+        if row.lookups:
+            total = sum(row.lookups.values())
+            served = sum(
+                row.lookups[k]
+                for k in (
+                    metric_names.RESULT_HIT,
+                    metric_names.RESULT_NEGATIVE_HIT,
+                    metric_names.RESULT_STALE,
+                )
+            )
+            ratio = f"{served / total:.3f}" if total else "—"
+            negative = f"{row.per_1000(row.lookups[metric_names.RESULT_NEGATIVE_HIT]):.1f}"
+        else:
+            ratio = negative = "—"
+        print(
+            f"| {row.popularity} | {row.variant} | {r.throughput:.0f} | {ratio} | {negative}"
+            f" | {row.per_1000(row.loads):.1f} | {r.percentile_ms(0.5):.2f}"
+            f" | {r.percentile_ms(0.99):.2f} | {row.writes} | {r.error_count} |"
+        )
+    print(
+        "\n(hit ratio: lookups answered from Redis, fresh, negative or stale, over every lookup;"
+        " a ListItems is one read and looks up its page and each item)"
     )
 
 
