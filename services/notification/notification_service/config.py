@@ -40,7 +40,11 @@ CONSUMER_PREFIX = settings.text(
     allowed="empty or 1-48 characters of [A-Za-z0-9._-]",
 )
 BATCH = settings.integer(
-    "NOTIFICATION_BATCH", 16, lo=1, hi=1000, doc="events a consumer reads at once (COUNT)"
+    "NOTIFICATION_BATCH",
+    16,
+    lo=1,
+    hi=1000,
+    doc="events a consumer reads at once (COUNT), stores in one transaction, acks in one XACK",
 )
 #: Also the longest a stop waits for a consumer's blocked read to return.
 BLOCK_MS = settings.integer(
