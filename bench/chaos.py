@@ -38,7 +38,6 @@ import contextlib
 import csv
 import datetime
 import io
-import itertools
 import json
 import math
 import os
@@ -172,9 +171,9 @@ SHORT = Timing(before_s=2, during_s=6, after_s=3, in_flight=8)
 
 @dataclass(slots=True)
 class Sample:
-    """One reading of the services' /metrics, ``t`` seconds into the run."""
+    """One reading of the services' /metrics, at the end of its second of the run."""
 
-    t: float
+    second: int
     reached: float
     calls: float
     breaker: float | None
@@ -240,18 +239,24 @@ class _Turn:
             return await asyncio.to_thread(self._counts.per_call)
 
     async def _sample_every_second(self, stop: asyncio.Event) -> None:
-        for second in itertools.count(1):
+        """A reading at the end of each second, named by it; when the machine is so busy that
+        a reading ends past the next second, the next is taken at once, less than a second
+        late, and a second it has passed by gets none."""
+        second = 1
+        while True:
             wait = self._t0 + second - time.monotonic()
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), wait)
             if stop.is_set():
                 return
-            reached, calls = await self._read()
-            state, opened = await asyncio.to_thread(_breaker, self.stack)
+            (reached, calls), (state, opened) = await asyncio.gather(
+                self._read(), asyncio.to_thread(_breaker, self.stack)
+            )
             if state is None and self.run.policy == RESILIENCE:
                 state = 0.0  # the gauge appears at the first transition: closed until then
-            self.run.samples.append(Sample(self._now(), reached, calls, state, opened))
+            self.run.samples.append(Sample(second, reached, calls, state, opened))
+            second = max(second + 1, math.floor(self._now()))
 
     async def _edge(self) -> None:
         """A phase ends now: the time, and the Charge counts at it."""
@@ -357,7 +362,7 @@ def per_second(run: Run, total_s: float) -> list[dict[str, Any]]:
     at its end (deltas since the one before)."""
     rows = []
     previous: Sample | None = None
-    samples = {min(round(s.t), math.ceil(total_s)): s for s in run.samples}
+    samples = {s.second: s for s in run.samples}
     for second in range(math.ceil(total_s)):
         ended = [c for c in run.calls if second <= c[0] < second + 1]
         answered = len(ended)
