@@ -6,9 +6,8 @@ redis-server.
 * set-nx-px: ``SET key token NX PX``, a lease taken without a token;
 * acquire: ``Lease.acquire``, the lease and its fencing token (``ACQUIRE_WITH_FENCE``: ``SET NX
   PX``, ``INCR``, ``PEXPIRE``), as recovery and a duplicate taking an order over do;
-* claim: ``Claims.claim``, the request_id's claim with the new order's lease and token
-  (``ADMIT_AND_CLAIM``, the rate limit off), as every CreateOrder does;
-* claim-no-fence: the same claim script without the token's ``INCR`` and ``PEXPIRE``.
+* claim: ``Claims.claim``, the request_id's claim with the new order's lease (``ADMIT_AND_CLAIM``,
+  the rate limit off), as every CreateOrder does; a new order's first token needs no counter.
 
 Every call takes a new order's lease (and a new request_id), as the service does. Reported:
 median and p99 latency per call seen by the client, and Redis's own time per call (the
@@ -28,31 +27,16 @@ import redis
 from bench import _interleave
 from meshkit.redis_client import connect
 from meshkit.testing import redis_server
-from order_service.claims import ADMIT_AND_CLAIM, Claim, Claims, claim_key
+from order_service.claims import Claim, Claims
 from order_service.leases import Leases, lease_key
 
-VARIANTS = ("ping", "set-nx-px", "acquire", "claim", "claim-no-fence")
+VARIANTS = ("ping", "set-nx-px", "acquire", "claim")
 CUSTOMER = "cust-bench"
-
-#: The claim of ADMIT_AND_CLAIM without the fencing token, for the same-run comparison.
-CLAIM_WITHOUT_FENCE = """
-local holder = redis.call('get', KEYS[1])
-if holder then
-    return holder
-end
-if not redis.call('set', KEYS[2], ARGV[3], 'nx', 'px', ARGV[4]) then
-    return redis.error_reply('lease ' .. KEYS[2] .. ' is already held')
-end
-redis.call('set', KEYS[1], ARGV[1], 'ex', ARGV[2])
-return false
-"""
 
 
 def _variants(client: redis.Redis) -> dict[str, Callable[[], object]]:
     leases = Leases(client, keep_alive=False)
     claims = Claims(client)
-    unfenced = client.register_script(CLAIM_WITHOUT_FENCE)
-    assert "incr" in ADMIT_AND_CLAIM
     ids = (f"ord_{n:032x}" for n in itertools.count())
 
     def set_nx_px() -> None:
@@ -66,17 +50,11 @@ def _variants(client: redis.Redis) -> dict[str, Callable[[], object]]:
         lease = leases.lease(order_id, customer_id=CUSTOMER)
         assert claims.claim(order_id, Claim(order_id, "f"), lease) is None
 
-    def claim_no_fence() -> None:
-        order_id = next(ids)
-        keys = [claim_key(CUSTOMER, order_id), lease_key(CUSTOMER, order_id)]
-        assert unfenced(keys=keys, args=[f"{order_id}|f", 86_400, b"t" * 32, 3_000]) is None
-
     return {
         "ping": client.ping,
         "set-nx-px": set_nx_px,
         "acquire": acquire,
         "claim": claim,
-        "claim-no-fence": claim_no_fence,
     }
 
 

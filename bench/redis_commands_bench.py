@@ -1,10 +1,12 @@
 """What a CreateOrder asks of Redis, across every service, and what the order events and the
 rate limit cost CreateOrder's throughput.
 
-1. Commands per CreateOrder: ``--orders`` sequential CreateOrders (one line, a new customer
-   every 10 so the limit never refuses one) through the edge of a stack started as ``make up``
-   starts it, with its own redis-server; Redis's ``MONITOR`` splits what clients sent (a script
-   call is one command) from what scripts ran inside, and ``INFO commandstats`` (reset before)
+1. Commands per CreateOrder: ``--orders`` sequential CreateOrders (one line, each of a new
+   customer, as most orders are: the limit applied to a customer with nothing in flight), then
+   as many again, ``BURST`` in a row per customer (all but the first mid-burst, where the limit
+   costs one SET more; none refused), through the edge of a stack started as ``make up``
+   starts it, with its own redis-server; Redis's ``MONITOR`` splits what clients sent (a
+   script call is one command) from what scripts ran inside, and ``INFO commandstats`` (reset before)
    gives the total. PING, INFO, CONFIG and HELLO (health checks, this probe) are left out, and
    the stream commands (the outbox relay's XADD) are counted apart. Two stacks: every default
    (rate limit and events on), and ``ORDER_RATE_PER_S=0 ORDER_EVENTS_MAXLEN=0``.
@@ -50,6 +52,8 @@ STREAM_COMMANDS = frozenset(
     {"XADD", "XTRIM", "XREADGROUP", "XACK", "XAUTOCLAIM", "XCLAIM", "XINFO", "XGROUP", "XLEN"}
 )
 THROUGHPUT_IN_FLIGHT = 16
+#: Orders in a row per customer in the mid-burst pass: within the default burst of 20.
+BURST = 10
 #: Enough stock for every run; big enough rates that the limit is applied but never refuses.
 BASE_ENV = {"INVENTORY_SEED_STOCK": "1000000"}
 ON_ENV = {**BASE_ENV, "ORDER_RATE_PER_S": "1000000", "ORDER_RATE_BURST": "1000000"}
@@ -125,10 +129,10 @@ def _count(env: Mapping[str, str], orders: int) -> None:
         stub = order_pb2_grpc.OrderServiceStub(edge)
         run = uuid.uuid4().hex[:8]
 
-        def place(n: int) -> order_pb2.Order:
+        def place(n: int, customer: int) -> order_pb2.Order:
             order: order_pb2.Order = stub.CreateOrder(
                 order_pb2.CreateOrderRequest(
-                    customer_id=f"bench-{run}-{n // 10}",
+                    customer_id=f"bench-{run}-{customer}",
                     request_id=f"bench-{run}-{n}",
                     lines=[money_pb2.Line(sku=f"SKU-{n % 20 + 1:04d}", quantity=1)],
                 ),
@@ -137,26 +141,37 @@ def _count(env: Mapping[str, str], orders: int) -> None:
             return order
 
         for n in range(5):  # loads the scripts, warms the caches and connections
-            place(-1 - n)
+            place(-1 - n, -1 - n)
         time.sleep(0.5)
         url = stack.config.redis_url
-        with _monitored(url) as counts:
-            statuses = collections.Counter(place(n).status for n in range(orders))
-            time.sleep(0.3)  # the relay's last XADDs
-        confirmed = statuses[order_pb2.ORDER_STATUS_CONFIRMED]
-        sent, sent_stream = _split(counts.sent)
-        inside, _ = _split(counts.in_scripts)
-        stats, stats_stream = _split(counts.stats)
         settings = " ".join(f"{k}={v}" for k, v in sorted({**BASE_ENV, **env}.items()))
-        print(f"settings: {settings}; {orders} CreateOrders, {confirmed} CONFIRMED")
-        print(f"  sent by clients per CreateOrder:    {_per_order(sent, orders)}")
-        print(f"  run inside those scripts:           {_per_order(inside, orders)}")
-        print(f"  INFO commandstats (all of them):    {_per_order(stats, orders)}")
-        print(f"  stream commands, apart:             {_per_order(sent_stream, orders)}")
-        if stats_stream != sent_stream:
-            print(f"  (commandstats' stream commands:     {_per_order(stats_stream, orders)})")
-        length = redis.Redis.from_url(url).xlen(order_events.STREAM)
-        print(f"  {order_events.STREAM} holds {length} entries\n")
+        passes = (
+            ("each of a new customer", 0, 1),
+            (f"{BURST} in a row per customer", orders, BURST),
+        )
+        for label, first, per_customer in passes:
+            with _monitored(url) as counts:
+                statuses = collections.Counter(
+                    place(n, first + n // per_customer).status for n in range(first, first + orders)
+                )
+                time.sleep(0.3)  # the relay's last XADDs
+            confirmed = statuses[order_pb2.ORDER_STATUS_CONFIRMED]
+            print(f"settings: {settings}; {orders} CreateOrders, {label}, {confirmed} CONFIRMED")
+            _report(counts, orders)
+            length = redis.Redis.from_url(url).xlen(order_events.STREAM)
+            print(f"  {order_events.STREAM} holds {length} entries\n")
+
+
+def _report(counts: Counts, orders: int) -> None:
+    sent, sent_stream = _split(counts.sent)
+    inside, _ = _split(counts.in_scripts)
+    stats, stats_stream = _split(counts.stats)
+    print(f"  sent by clients per CreateOrder:    {_per_order(sent, orders)}")
+    print(f"  run inside those scripts:           {_per_order(inside, orders)}")
+    print(f"  INFO commandstats (all of them):    {_per_order(stats, orders)}")
+    print(f"  stream commands, apart:             {_per_order(sent_stream, orders)}")
+    if stats_stream != sent_stream:
+        print(f"  (commandstats' stream commands:     {_per_order(stats_stream, orders)})")
 
 
 async def _throughput(

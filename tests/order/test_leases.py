@@ -147,10 +147,10 @@ def test_every_grant_hands_out_a_larger_fencing_token_than_the_last(client: redi
             "ord_1", customer_id="cust-1"
         ).acquire()  # a refused grant hands out nothing
         client.delete(lease.key)  # its lease ran out: the next runner takes it
-    assert fences == [1, 2, 3]
+    assert fences == [2, 3, 4]  # above FIRST_FENCE, the order's admission's token
     other = leases.lease("ord_2", customer_id="cust-1")
     assert other.acquire()
-    assert other.fence == 1  # one counter per order
+    assert other.fence == 2  # one counter per order
     # Both keys hash by the order id alone, so the script runs on one Redis Cluster node.
     assert (lease.key, lease.fence_key) == (
         "order:lease:{cust-1}:ord_1",

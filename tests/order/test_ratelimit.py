@@ -9,6 +9,7 @@ time a test takes never lets an order in by itself.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import pytest
@@ -139,6 +140,61 @@ def test_the_key_lives_until_the_customer_is_back_at_a_full_burst(client: redis.
     fast.admit("bob")
     # Idle for 1 ms, bob is back at a full burst, and his key is gone.
     wait_until(lambda: not client.exists(rate_limit_key("bob")), timeout_s=5, what="expiry")
+
+
+def _spent(client: redis.Redis, admit: Callable[[], object]) -> dict[str, int]:
+    """The commands ``admit`` made Redis run (INFO commandstats, the scripts' own included)."""
+
+    def calls() -> dict[str, int]:
+        stats = client.info("commandstats")
+        names = ("evalsha", "time", "get", "set", "del")
+        return {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in names}
+
+    before = calls()
+    with contextlib.suppress(ResourceExhausted):  # a refusal's commands are counted too
+        admit()
+    return {name: n - before[name] for name, n in calls().items() if n - before[name]}
+
+
+def test_an_idle_customer_is_read_and_charged_in_one_command(client: redis.Redis) -> None:
+    limit = Admission(client, SLOW)
+    limit.admit("warm")  # loads the script
+
+    spent = _spent(client, lambda: limit.admit("alice"))
+    # SET: the claim, the customer's arrival time (NX GET: none, so charged), the lease.
+    assert spent == {"evalsha": 1, "time": 1, "set": 3}
+    ttl_ms = client.pttl(rate_limit_key("alice"))
+    assert INTERVAL_S * 1000 - 5_000 < ttl_ms <= INTERVAL_S * 1000
+
+
+def test_a_customer_mid_burst_pays_one_set_more_and_one_interval(client: redis.Redis) -> None:
+    limit = Admission(client, SLOW)
+    limit.admit("alice")
+    key = rate_limit_key("alice")
+    tat = int(client.get(key) or 0)
+
+    spent = _spent(client, lambda: limit.admit("alice"))
+    assert spent == {"evalsha": 1, "time": 1, "set": 4}  # the arrival time is set once more
+    assert int(client.get(key) or 0) == tat + round(INTERVAL_S * 1_000_000)
+    term_ms = 2 * INTERVAL_S * 1000
+    assert term_ms - 5_000 < client.pttl(key) <= term_ms
+
+
+def test_a_refusal_leaves_the_customers_arrival_time_and_its_expiry_as_they_were(
+    client: redis.Redis,
+) -> None:
+    limit = Admission(client, SLOW)
+    for _ in range(3):
+        limit.admit("alice")
+    key = rate_limit_key("alice")
+    stored = (client.get(key), client.pexpiretime(key))
+
+    spent = _spent(client, lambda: limit.admit("alice"))
+    # The claim, taken and deleted again; the arrival time, read by a SET NX that wrote nothing.
+    assert spent == {"evalsha": 1, "time": 1, "set": 2, "del": 1}
+    assert (client.get(key), client.pexpiretime(key)) == stored
+    assert len(client.keys("order:idem:*")) == 3  # the admitted orders' claims only
+    assert len(client.keys("order:lease:*")) == 3
 
 
 def test_the_key_carries_the_customer_as_a_hash_tag() -> None:

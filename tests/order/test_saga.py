@@ -281,9 +281,9 @@ def test_a_runner_whose_write_is_refused_for_its_old_token_stops_and_calls_nothi
     assert (inventory.calls, payments.calls) == (["reserve"], ["charge"])
     stored = store.get(order_id)
     assert stored is not None
-    assert (stored.step, stored.fence) == (Step.RESERVE, 2)
+    assert (stored.step, stored.fence) == (Step.RESERVE, first.fence + 1)
     assert any(
-        r.levelno == logging.WARNING and "write with fence 1 refused" in r.getMessage()
+        r.levelno == logging.WARNING and f"write with fence {first.fence} refused" in r.getMessage()
         for r in caplog.records
     )
 

@@ -1,8 +1,8 @@
 """AIP-155 request_id claims in Redis: the first CreateOrder to claim a request_id runs its saga.
 
 A new order is admitted in one script, one round trip: the request_id's claim, the customer's
-rate limit (ratelimit.py) and the new order's lease with its fencing token (leases.py). Every
-key it takes carries the customer's hash tag, so on a Redis Cluster they live on one node.
+rate limit (ratelimit.py) and the new order's lease (leases.py). Every key it takes carries the
+customer's hash tag, so on a Redis Cluster they live on one node.
 """
 
 from __future__ import annotations
@@ -11,57 +11,72 @@ from dataclasses import dataclass
 
 import redis
 
-from order_service.leases import COMPARE_AND_DELETE, FENCE_TTL_S, Lease
+from order_service.leases import COMPARE_AND_DELETE, FIRST_FENCE, Lease
 from order_service.ratelimit import CustomerRateLimit, rate_limit_key
 
 IDEMPOTENCY_TTL_S = 86_400
 
 #: Admits a new order: claims its request_id and takes the new order's lease in the same step,
 #: so a claim is never seen without its runner's lease (a duplicate then waits, never takes
-#: over), after charging the customer's rate limit (GCRA, see ratelimit.py), and hands out the
-#: lease's fencing token as leases.ACQUIRE_WITH_FENCE does (a new order's counter starts at 1).
-#: A request_id already claimed is neither charged nor refused: a duplicate waits for its order.
-#: KEYS[1] the claim key; KEYS[2] the new order's lease key; KEYS[3] its fence counter key;
-#: KEYS[4] the customer's rate-limit key (its theoretical arrival time, in µs of Redis's clock).
+#: over), after charging the customer's rate limit (GCRA, see ratelimit.py). A request_id
+#: already claimed is neither charged nor refused: a duplicate waits for its order.
+#:
+#: Four commands on the usual path, TIME and three SETs. TIME is the one the caller's clock
+#: would save; Redis's is read so that order replicas with skewed clocks share one schedule.
+#:
+#: - ``SET NX GET`` claims the request_id and reads who holds it in one command (NX with GET
+#:   needs Redis >= 7.0; Debian bookworm's redis-server, which ``make system-deps`` installs,
+#:   is 7.0.15). A later refusal deletes the claim again: the script is atomic, so nobody saw it.
+#: - The customer's theoretical arrival time, ``SET NX GET`` too: a customer with no key (idle
+#:   since their last order's interval ran out: the key expires then) is charged in that
+#:   command, as ratelimit.py's GCRA charges a missing TAT; only a customer mid-burst, whose key
+#:   is there, pays a second SET, and a refusal writes nothing.
+#: - The lease's fencing token is leases.FIRST_FENCE with no counter: the order id is new, so
+#:   this is its first grant, and every later grant (leases.ACQUIRE_WITH_FENCE) is above it.
+#:
+#: KEYS[1] the claim key; KEYS[2] the new order's lease key;
+#: KEYS[3] the customer's rate-limit key (its theoretical arrival time, in µs of Redis's clock).
 #: ARGV[1] the claim (order_id|fingerprint); ARGV[2] its time to live in s;
 #: ARGV[3] the lease token; ARGV[4] the lease's time to live in ms;
-#: ARGV[5] the fence counter's time to live in ms;
-#: ARGV[6] the rate limit's emission interval in µs (1 s / rate; 0: no limit, KEYS[4] unused);
-#: ARGV[7] its tolerance in µs (interval * (burst - 1)).
-#: Returns {1, fencing token} if the claim and the lease are now the caller's (the limit charged
-#: one interval); {0, the claim holding the request_id}; {2, µs until the customer's next order
-#: would be let in} when over the limit, and nothing changed; an error if the new order's lease
-#: is somehow held.
+#: ARGV[5] the rate limit's emission interval in µs (1 s / rate; 0: no limit, KEYS[3] unused);
+#: ARGV[6] its tolerance in µs (interval * (burst - 1)).
+#: Returns {1} if the claim and the lease are now the caller's (the limit charged one
+#: interval); {0, the claim holding the request_id}; {2, µs until the customer's next order
+#: would be let in} when over the limit; an error if the new order's lease is somehow held.
+#: Nothing changed unless it returns {1}.
 ADMIT_AND_CLAIM = """
-local holder = redis.call('get', KEYS[1])
+local holder = redis.call('set', KEYS[1], ARGV[1], 'nx', 'ex', ARGV[2], 'get')
 if holder then
     return {0, holder}
 end
-local interval = tonumber(ARGV[6])
+local interval = tonumber(ARGV[5])
 local now, tat
 if interval > 0 then
     local clock = redis.call('time')
     now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-    tat = tonumber(redis.call('get', KEYS[4]) or now)
-    if tat < now then
-        tat = now
-    end
-    local wait = tat - tonumber(ARGV[7]) - now
-    if wait > 0 then
-        return {2, wait}
+    local stored = redis.call('set', KEYS[3], string.format('%.0f', now + interval),
+        'nx', 'px', math.ceil(interval / 1000), 'get')
+    if stored then
+        tat = math.max(tonumber(stored), now)
+        local wait = tat - tonumber(ARGV[6]) - now
+        if wait > 0 then
+            redis.call('del', KEYS[1])
+            return {2, wait}
+        end
     end
 end
 if not redis.call('set', KEYS[2], ARGV[3], 'nx', 'px', ARGV[4]) then
+    redis.call('del', KEYS[1])
+    if interval > 0 and not tat then
+        redis.call('del', KEYS[3])
+    end
     return redis.error_reply('lease ' .. KEYS[2] .. ' is already held')
 end
-redis.call('set', KEYS[1], ARGV[1], 'ex', ARGV[2])
-if interval > 0 then
+if tat then
     tat = tat + interval
-    redis.call('set', KEYS[4], string.format('%.0f', tat), 'px', math.ceil((tat - now) / 1000))
+    redis.call('set', KEYS[3], string.format('%.0f', tat), 'px', math.ceil((tat - now) / 1000))
 end
-local fence = redis.call('incr', KEYS[3])
-redis.call('pexpire', KEYS[3], ARGV[5])
-return {1, fence}
+return {1}
 """
 
 _HELD, _ADMITTED, _LIMITED = 0, 1, 2
@@ -117,19 +132,13 @@ class Claims:
         interval_us, tolerance_us = (0, 0) if limit is None else limit.script_args
         asked_at = lease.now()
         try:
-            kind, value = self._admit(
-                keys=[
-                    claim_key(customer_id, request_id),
-                    lease.key,
-                    lease.fence_key,
-                    rate_limit_key(customer_id),
-                ],
+            reply = self._admit(
+                keys=[claim_key(customer_id, request_id), lease.key, rate_limit_key(customer_id)],
                 args=[
                     claim.encode(),
                     self._ttl_s,
                     lease.token,
                     lease.lease_ms,
-                    FENCE_TTL_S * 1000,
                     interval_us,
                     tolerance_us,
                 ],
@@ -138,14 +147,15 @@ class Claims:
             if limit is not None:
                 limit.unavailable()
             raise
+        kind = reply[0]
         if kind == _LIMITED and limit is not None:  # only with an interval does it limit
-            limit.refuse(customer_id, int(value))
+            limit.refuse(customer_id, int(reply[1]))
         if kind == _ADMITTED:
-            lease.taken(asked_at, int(value))
+            lease.taken(asked_at, FIRST_FENCE)
             if limit is not None:
                 limit.allowed()
             return None
-        return Claim.decode(value)
+        return Claim.decode(reply[1])
 
     def holder(self, request_id: str, *, customer_id: str) -> Claim | None:
         raw = self._redis.get(claim_key(customer_id, request_id))

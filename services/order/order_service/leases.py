@@ -10,9 +10,12 @@ A lease alone cannot stop a runner that was paused past its term (a GC pause, SI
 disk) and wakes up believing it still holds it. So every grant also returns a *fencing token*
 (Kleppmann, "How to do distributed locking", 2016): the next value of a per-order counter,
 incremented in the same script that takes the lease, so each grant's token is larger than
-every earlier grant's. The order store keeps the token of the last saga write on the order's
-row and refuses a write with an older one (``ports.FencedOut``); a runner that takes an order
-over stamps its token on the row before its first call. What this guarantees, and what not:
+every earlier grant's. An order's first grant, in the script that admits it
+(claims.ADMIT_AND_CLAIM), needs no counter: the order id is new, so its token is
+:data:`FIRST_FENCE`, and every later grant's is above it. The order store keeps the token of
+the last saga write on the order's row and refuses a write with an older one
+(``ports.FencedOut``); a runner that takes an order over stamps its token on the row before
+its first call. What this guarantees, and what not:
 
 - The order row is fenced: once a newer runner has written (or stamped) the row, no write of
   an older runner lands, whatever it believes about its lease; its saga stops at that write
@@ -57,12 +60,15 @@ return 0
 
 #: Takes a free lease and hands out its fencing token: the next value of the order's counter,
 #: which never goes down while the counter lives (each grant renews its time to live) and is
-#: raised above ``after`` when Redis lost it. Both keys share one hash tag (lease_key), so the
-#: script runs on one Redis Cluster node.
+#: raised above ``after`` when Redis lost it (or never had it: the grant that admitted the
+#: order held FIRST_FENCE without a counter, so ``after`` is never below it). Both keys share
+#: one hash tag (lease_key), so the script runs on one Redis Cluster node.
 #: KEYS[1] the lease key; KEYS[2] the fence counter key.
 #: ARGV[1] the caller's token; ARGV[2] the lease's time to live in ms;
-#: ARGV[3] the counter's time to live in ms; ARGV[4] the highest token the caller has seen.
-#: Returns the fencing token (>= 1) if the lease is now the caller's, 0 if someone holds it.
+#: ARGV[3] the counter's time to live in ms;
+#: ARGV[4] the highest token handed out that the caller knows of (>= FIRST_FENCE).
+#: Returns the fencing token (> FIRST_FENCE) if the lease is now the caller's, 0 if someone
+#: holds it.
 ACQUIRE_WITH_FENCE = """
 if not redis.call('set', KEYS[1], ARGV[1], 'nx', 'px', ARGV[2]) then
     return 0
@@ -86,6 +92,9 @@ end
 return 0
 """
 
+#: The fencing token of an order's first grant, made by the script that admits the order: no
+#: other runner can have held a lease on an order id just made, so it takes no counter.
+FIRST_FENCE = 1
 #: Lease.keep() trusts a confirmation this recent without asking Redis again.
 LEASE_RECHECK_S = 1.0
 DEFAULT_LEASE_MS = 3_000
@@ -96,8 +105,8 @@ FENCE_TTL_S = 7 * 86_400
 
 def lease_key(customer_id: str, order_id: str) -> str:
     """The braces are a Redis Cluster hash tag, the customer's: an order's lease and fence
-    share one slot with its request_id claim and its customer's rate limit, which the script
-    that admits a new order (claims.ADMIT_AND_CLAIM) takes together."""
+    share one slot with its request_id claim and its customer's rate limit, so the script that
+    admits a new order (claims.ADMIT_AND_CLAIM) takes the lease, claim and limit together."""
     return f"order:lease:{{{customer_id}}}:{order_id}"
 
 
@@ -128,13 +137,15 @@ class Lease:
         """Takes the lease if it is free; never waits. Raises redis errors (the caller decides).
 
         ``after``: the highest fencing token the caller has seen on the order's row, if any.
+        The token handed out is above it and above FIRST_FENCE, which the order's admission
+        holds (the order's creator, paused before its insert, may still write with it).
         """
         leases = self._leases
         asked_at = leases.monotonic()
         fence = int(
             leases.acquire_script(
                 keys=[self.key, self.fence_key],
-                args=[self.token, leases.lease_ms, FENCE_TTL_S * 1000, after],
+                args=[self.token, leases.lease_ms, FENCE_TTL_S * 1000, max(after, FIRST_FENCE)],
             )
         )
         if fence:

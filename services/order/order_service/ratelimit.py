@@ -7,7 +7,9 @@ when the customer's orders so far would have been spread out at the steady rate.
 let in while the TAT is at most ``burst - 1`` intervals ahead of now, and pushes it on by one
 interval; a refused order is told exactly when the next one fits, and costs nothing. Unlike a
 fixed window it never lets twice the rate through at a window's edge, and unlike a token
-bucket it needs no refill: one ``GET`` and one ``SET`` with a TTL per order.
+bucket it needs no refill: one ``SET NX GET`` with a TTL per order when the customer has no
+key (idle: the usual case), which reads and charges at once, and a second ``SET`` for a
+customer mid-burst.
 
 The script reads the time from Redis (``TIME``), not from the caller, so order replicas with
 skewed clocks share one schedule per customer; a key expires when its TAT is reached, when
