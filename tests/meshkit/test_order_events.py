@@ -98,12 +98,24 @@ def test_a_malformed_entry_names_its_field(change: dict[str, str], field: str) -
     assert caught.value.field == field
 
 
-@pytest.mark.parametrize("missing", order_events.FIELDS)
+@pytest.mark.parametrize(
+    "missing", [name for name in order_events.FIELDS if name != order_events.TRACEPARENT]
+)
 def test_a_missing_field_is_named(missing: str) -> None:
     fields = CONFIRMED.to_fields()
     del fields[missing]
     with pytest.raises(MalformedEvent, match=f"{missing} is missing"):
         OrderEvent.from_fields(fields)
+
+
+def test_an_entry_written_without_a_traceparent_reads_as_one_outside_a_trace() -> None:
+    fields = {
+        **CONFIRMED.to_fields(),
+        order_events.TRACEPARENT: "00-" + "1" * 32 + "-" + "2" * 16 + "-01",
+    }
+    assert OrderEvent.from_fields(fields).traceparent == fields[order_events.TRACEPARENT]
+    del fields[order_events.TRACEPARENT]
+    assert OrderEvent.from_fields(fields).traceparent == ""
 
 
 def test_a_trimmed_entry_is_refused() -> None:

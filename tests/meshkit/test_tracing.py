@@ -258,6 +258,62 @@ def test_redis_commands_are_spans_under_the_current_one(redis_url: str) -> None:
     assert tracing.active() is None
 
 
+def test_a_background_loop_records_no_redis_or_sqlite_spans(redis_url: str, tmp_path: Path) -> None:
+    client = redis.Redis.from_url(redis_url)
+    db = Database(tmp_path / "outbox.db", "CREATE TABLE IF NOT EXISTS t (v INTEGER);")
+    try:
+        with traced() as exporter:
+            with tracing.background():
+                client.xadd("events", {"v": "1"})
+                with db.write() as conn, tracing.span("publish"):
+                    conn.execute("INSERT INTO t VALUES (1)")
+            client.delete("events")  # outside the loop: traced again
+            (after,) = exporter.get_finished_spans()
+    finally:
+        client.close()
+        db.close()
+    assert after.name == "DEL"
+
+
+def test_a_message_consumed_in_a_background_loop_joins_the_trace_that_produced_it(
+    redis_url: str,
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with traced() as exporter:
+            with tracing.span("saga.commit") as producer:
+                traceparent = tracing.current_traceparent()
+            with tracing.background():
+                client.get("poll")  # the loop's own work: no span
+                with tracing.consumer_span("process events", traceparent, {"order.id": "o1"}):
+                    client.set("stored", "1")  # the message's work: traced again
+            spans = {span.name: span for span in exporter.get_finished_spans()}
+    finally:
+        client.close()
+    assert set(spans) == {"saga.commit", "process events", "SET"}
+    consumer, command = spans["process events"], spans["SET"]
+    ids = producer.get_span_context()
+    assert traceparent.startswith(f"00-{ids.trace_id:032x}-{ids.span_id:016x}-")
+    assert int(traceparent[-2:], 16) & 1  # sampled
+    assert consumer.kind is SpanKind.CONSUMER
+    assert consumer.context.trace_id == producer.get_span_context().trace_id
+    assert consumer.parent is not None
+    assert consumer.parent.span_id == producer.get_span_context().span_id
+    assert command.parent is not None
+    assert command.parent.span_id == consumer.context.span_id
+
+
+def test_a_message_of_an_unsampled_trace_or_of_none_is_consumed_untraced() -> None:
+    unsampled = f"00-{TRACE_ID}-{PARENT_ID}-00"
+    with traced() as exporter:
+        with tracing.background():
+            for traceparent in (unsampled, "", "not a traceparent"):
+                with tracing.consumer_span("process events", traceparent):
+                    assert not is_instrumentation_enabled()
+        assert exporter.get_finished_spans() == ()
+    assert tracing.current_traceparent() == ""  # tracing off
+
+
 def test_health_probe_checks_run_untraced(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     try:

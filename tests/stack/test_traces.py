@@ -31,6 +31,7 @@ from mesh.common.v1 import money_pb2
 from mesh.order.v1 import order_pb2, order_pb2_grpc
 from mesh.payment.v1 import payment_pb2, payment_pb2_grpc
 from meshctl.stack import Stack
+from meshkit import order_events
 from meshkit.testing import wait_until
 from meshkit.trace_testing import OtlpReceiver, ReceivedSpan
 from meshkit.tracing import TRACE_ID_HEADER
@@ -138,6 +139,31 @@ def test_one_order_is_one_trace_with_each_hop_under_the_call_that_made_it(
     assert ("inventory", STEPS["saga.reserve"]) in writes
     # Redis commands (the order's claim, inventory's cache) are spans of the same trace.
     assert any(s.attributes.get("db.system") == "redis" for s in spans)
+
+
+def test_the_orders_event_is_consumed_in_its_trace_and_background_polls_are_no_traces(
+    traced_stack: Stack, receiver: OtlpReceiver
+) -> None:
+    order, trace_id = create_order(traced_stack)
+
+    def consumed(spans: list[ReceivedSpan]) -> bool:
+        return any(s.service == "notification" and s.kind == "CONSUMER" for s in spans)
+
+    spans = receiver.wait_for(consumed, trace_id=trace_id)
+    by_id = {s.span_id: s for s in spans}
+    (consumer,) = [s for s in spans if s.service == "notification" and s.kind == "CONSUMER"]
+    assert consumer.name == f"process {order_events.STREAM}"
+    assert consumer.attributes["messaging.message.id"] == order_events.event_id(
+        order.order_id, order_events.STATUS_CONFIRMED
+    )
+    # A child of the order's span that wrote the event (the saga's last step), and the
+    # notification's SQLite write is under it.
+    assert by_id[consumer.parent_id].service == "order"
+    assert any(s.parent_id == consumer.span_id and s.name.startswith("sqlite") for s in spans)
+    # The relay's publishes and the consumers' polls, claims and acks start no trace.
+    loops = {"XADD", "XREADGROUP", "XACK", "XAUTOCLAIM", "XINFO GROUPS", "XPENDING"}
+    roots = {s.name.split(" ")[0] for s in receiver.spans() if not s.parent_id}
+    assert not any(name.split(" ")[0] in roots for name in loops), roots
 
 
 def test_the_edge_answers_with_the_trace_id_of_an_unsampled_call_and_of_a_refused_one(

@@ -37,7 +37,8 @@ from typing import Literal
 import redis
 
 import resilience
-from meshkit.order_events import MalformedEvent, OrderEvent
+from meshkit import tracing
+from meshkit.order_events import STREAM, MalformedEvent, OrderEvent
 
 from . import metric_names as m
 from .domain import DeliveryPolicy, notification, overdelivered_reason
@@ -73,6 +74,14 @@ Together = Callable[[], AbstractContextManager[object]]
 #: An entry to deliver: its id, fields, and its delivery count (None: ask Redis if it fails).
 Delivery = tuple[bytes, Fields, int | None]
 
+#: The span of one event's processing, in the order's trace (OTel's messaging conventions).
+PROCESS_SPAN = f"process {STREAM}"
+PROCESS_ATTRIBUTES = {
+    "messaging.system": "redis",
+    "messaging.destination.name": STREAM,
+    "messaging.operation.type": "process",
+}
+
 
 class StoreNotifications:
     """The processing step: the entry as an order event, and its notification stored once."""
@@ -83,8 +92,11 @@ class StoreNotifications:
 
     def __call__(self, fields: Fields) -> Processed:
         event = OrderEvent.from_fields(fields)
-        made = notification(event, stored_at_ms=int(self._clock() * 1000))
-        return Processed(event.type, "stored" if self._store.add(made) else "duplicate")
+        attributes = {**PROCESS_ATTRIBUTES, "messaging.message.id": event.event_id}
+        with tracing.consumer_span(PROCESS_SPAN, event.traceparent, attributes):
+            made = notification(event, stored_at_ms=int(self._clock() * 1000))
+            stored = self._store.add(made)
+        return Processed(event.type, "stored" if stored else "duplicate")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,6 +159,10 @@ class Consumer:
 
     def run(self) -> None:
         """Rounds until ``stopping`` is set; Redis errors back off and never end the loop."""
+        with tracing.background():  # a poll is no trace; an event's work joins its order's
+            self._rounds()
+
+    def _rounds(self) -> None:
         failures = 0
         while not self._stopping.is_set():
             try:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import redis
 
+from meshkit import tracing
 from meshkit.order_events import DEFAULT_MAXLEN, STREAM
 from order_service.store import OrderStore
 from resilience import Rng, Wait, WaitFixed, WaitFullJitter
@@ -137,6 +138,10 @@ class Relay:
         self._thread.start()
 
     def _loop(self) -> None:
+        with tracing.background():  # its polls and publishes are no traces of their own
+            self._publish_until_stopped()
+
+    def _publish_until_stopped(self) -> None:
         failures = 0
         while not self._stop.is_set():
             # Cleared before draining: a commit during the drain wakes the next round.

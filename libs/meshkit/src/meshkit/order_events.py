@@ -48,6 +48,9 @@ TOTAL_UNITS: Final = "total_units"  # the order total in minor units (cents), ""
 TOTAL_CURRENCY: Final = "total_currency"  # ISO 4217 code, "" exactly when total_units is
 OCCURRED_AT_MS: Final = "occurred_at_ms"
 TRACE_ID: Final = "trace_id"  # 32 hex digits of the trace that finished the order, or ""
+#: The W3C traceparent of the span that finished the order, or "": a consumer's span for the
+#: event joins that trace. Optional: an entry written without it reads as "".
+TRACEPARENT: Final = "traceparent"
 SCHEMA: Final = "schema"
 FIELDS: Final = (
     EVENT_ID,
@@ -60,6 +63,7 @@ FIELDS: Final = (
     TOTAL_CURRENCY,
     OCCURRED_AT_MS,
     TRACE_ID,
+    TRACEPARENT,
     SCHEMA,
 )
 
@@ -94,6 +98,7 @@ class OrderEvent:
     total_currency: str | None = None
     occurred_at_ms: int
     trace_id: str = ""
+    traceparent: str = ""
 
     def __post_init__(self) -> None:
         for name in (EVENT_ID, ORDER_ID, CUSTOMER_ID):
@@ -125,6 +130,7 @@ class OrderEvent:
             TOTAL_CURRENCY: self.total_currency or "",
             OCCURRED_AT_MS: str(self.occurred_at_ms),
             TRACE_ID: self.trace_id,
+            TRACEPARENT: self.traceparent,
             SCHEMA: SCHEMA_VERSION,
         }
 
@@ -167,6 +173,7 @@ class OrderEvent:
             total_currency=None if units == "" and currency == "" else currency,
             occurred_at_ms=_integer(OCCURRED_AT_MS, required(OCCURRED_AT_MS)),
             trace_id=required(TRACE_ID),
+            traceparent=text.get(TRACEPARENT, ""),
         )
 
 

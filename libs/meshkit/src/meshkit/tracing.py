@@ -20,9 +20,10 @@ header (meshctl.envoy_tracing).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -210,9 +211,76 @@ def span(
 
     An exception leaving the block is recorded on the span and marks it ERROR.
     """
-    if _active is None or _unsampled():
+    if _active is None or _unsampled() or _suppressed():
         return _NO_SPAN
     return _active.tracer.start_as_current_span(name, attributes=attributes)
+
+
+def _suppressed() -> bool:
+    from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+
+    return not is_instrumentation_enabled()
+
+
+def background() -> AbstractContextManager[object]:
+    """Around a thread's own loop (the outbox relay, a stream consumer, a keep-alive): its
+    Redis commands and SQLite writes are not traced, so a poll is never a trace of its own
+    (every XREADGROUP would be one in Jaeger). :func:`consumer_span` brings one message's
+    work back into the trace that produced it."""
+    if _active is None:
+        return nullcontext()
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    return suppress_instrumentation()
+
+
+def current_traceparent() -> str:
+    """The current span as a W3C ``traceparent`` ("" outside a trace), for a message to carry
+    to its consumer."""
+    if _active is None or not trace.get_current_span().get_span_context().is_valid:
+        return ""
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+def consumer_span(
+    name: str, traceparent: str, attributes: Mapping[str, str | int] | None = None
+) -> AbstractContextManager[object]:
+    """A CONSUMER span for one message, child of the ``traceparent`` its producer wrote, so its
+    processing shows in the trace that produced it, with instrumentation on inside (even in a
+    :func:`background` loop); nothing when tracing is off or that trace is not sampled."""
+    if _active is None or not traceparent:
+        return nullcontext()
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    # Extracted into an empty context: the loop's own carries the suppression.
+    parent = TraceContextTextMapPropagator().extract(
+        {"traceparent": traceparent}, context=otel_context.Context()
+    )
+    producer = trace.get_current_span(parent).get_span_context()
+    if not (producer.is_valid and producer.trace_flags.sampled):
+        return nullcontext()
+    return _consumer(_active.tracer, name, parent, attributes)
+
+
+@contextlib.contextmanager
+def _consumer(
+    tracer: trace.Tracer,
+    name: str,
+    parent: otel_context.Context,
+    attributes: Mapping[str, str | int] | None,
+) -> Iterator[trace.Span]:
+    token = otel_context.attach(parent)
+    try:
+        with tracer.start_as_current_span(
+            name, kind=trace.SpanKind.CONSUMER, attributes=attributes
+        ) as span:
+            yield span
+    finally:
+        otel_context.detach(token)
 
 
 def _unsampled() -> bool:
