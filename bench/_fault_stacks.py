@@ -10,20 +10,18 @@ import contextlib
 import os
 import signal
 import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TextIO
 
 import grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from mesh.common.v1 import money_pb2
 from mesh.order.v1 import order_pb2, order_pb2_grpc
 from meshctl import registry
 from meshctl.stack import Stack
-from meshctl.testing import running_stack
+from meshctl.testing import metric_sum, running_stack
 from meshkit.errors import PUSHBACK_HEADER
 from meshkit.health import SERVING
 from resilience import metric_names
@@ -58,23 +56,6 @@ PAYMENT_METRICS = {
 KILLED = registry.PAYMENT_V1
 #: How long a killed payment v1 may take to be back (restarted, and healthy in Envoy).
 RESTART_GIVE_UP_S = 30.0
-
-
-def scrape(port: int) -> str:
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        body: bytes = response.read()
-    return body.decode()
-
-
-def metric_sum(port: int, name: str, **labels: str) -> float:
-    """The sum of every sample called ``name`` whose labels include ``labels``."""
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(scrape(port))
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def order_metric(stack: Stack, name: str, **labels: str) -> float:

@@ -65,7 +65,6 @@ from bench._fault_stacks import (
     create_order,
     kill_payment_v1,
     policy_stacks,
-    scrape,
     status_name,
 )
 from bench._load import run_closed_loop
@@ -73,6 +72,7 @@ from mesh.order.v1 import order_pb2_grpc
 from meshctl import faults
 from meshctl.config import REPO_ROOT
 from meshctl.stack import Stack
+from meshctl.testing import scrape
 from resilience import metric_names
 
 #: Switches a scenario's fault on or off on one stack (blocking: run in a thread).

@@ -8,38 +8,20 @@ import json
 import re
 import sqlite3
 import time
-import urllib.request
 from collections.abc import Iterable, Mapping
 from contextlib import closing
 from typing import Any
 
 import grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from mesh.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from mesh.order.v1 import order_pb2, order_pb2_grpc
 from meshctl.stack import Stack
+from meshctl.testing import metric_sum
 from meshkit.errors import PUSHBACK_HEADER
 
 PAYMENT_SERVICE_NAME = "mesh.payment.v1.PaymentService"
 PAYMENT_CLUSTERS = ("payment_v1", "payment_v2")
-
-
-def scrape(port: int) -> str:
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        body: bytes = response.read()
-    return body.decode()
-
-
-def metric_sum(port: int, name: str, **labels: str) -> float:
-    """The sum of every sample called ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for family in text_string_to_metric_families(scrape(port)):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def payment_metrics_ports(stack: Stack) -> dict[str, int]:

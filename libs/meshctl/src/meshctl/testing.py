@@ -4,9 +4,12 @@ ports in a directory of the caller's, with a private redis-server."""
 from __future__ import annotations
 
 import contextlib
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TextIO
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from meshctl.config import StackConfig
 from meshctl.pidrecord import pid_alive
@@ -55,3 +58,21 @@ def running_stack(
             pids = running.supervisor.pids() if running.supervisor.is_running() else {}
             running.down()
             assert_all_gone(pids)
+
+
+def scrape(port: int) -> str:
+    """The /metrics page a process of a stack serves on ``port`` (127.0.0.1)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+def metric_sum(port: int, name: str, **labels: str) -> float:
+    """The sum of every sample called ``name`` on ``port``'s /metrics whose labels include
+    ``labels``."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(scrape(port))
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
