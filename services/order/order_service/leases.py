@@ -46,6 +46,8 @@ from collections.abc import Callable
 
 import redis
 
+from meshkit import tracing
+
 _log = logging.getLogger(__name__)
 
 #: Deletes a key only if it still holds the caller's value, so nobody deletes what it does not own.
@@ -311,6 +313,10 @@ class Leases:
             return lease in self._held
 
     def _keep(self) -> None:
+        with tracing.background():  # a renewal every second is no trace of its own
+            self._renew_until_closed()
+
+    def _renew_until_closed(self) -> None:
         while not self._closed.wait(self.renew_after_s):
             try:
                 self.renew_held()
