@@ -1,14 +1,14 @@
 """What the per-customer rate limit costs a CreateOrder: the admission script (request_id claim,
-lease, fencing token) with the limit and without it, next to a plain Redis round trip, in
+lease) with the limit and without it, next to a plain Redis round trip, in
 interleaved blocks against one private redis-server.
 
 * ping: ``PING``, the bare round trip (the baseline);
 * get: ``GET`` of a customer's key, a one-key read;
 * claim: ``Claims.claim`` of a new request_id with the limit off (the script skips it);
-* admit: the same claim with the limit on, letting the order in (``TIME``, ``GET``, ``SET PX``
-  more in the script);
-* refuse: the claim of a customer over the limit (the script writes nothing), and the
-  ``ResourceExhausted`` it raises.
+* admit: the same claim with the limit on, letting the order in (``TIME`` and ``SET NX GET``
+  more in the script: each call is a new, idle customer's);
+* refuse: the claim of a customer over the limit (the script takes the claim and drops it
+  again, and leaves the customer's key as it was), and the ``ResourceExhausted`` it raises.
 
 Reported: median and p99 latency per call seen by the client, and Redis's own time per call
 (``INFO commandstats``, usec_per_call) for the script and for GET.
