@@ -145,7 +145,7 @@ $(BUF): package.json
 	@touch $@
 
 .PHONY: lint
-lint: setup $(BUF) ## ruff, mypy strict on libs, buf lint on protos
+lint: setup $(BUF) ## ruff, mypy strict on libs and services, buf lint on protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
