@@ -47,9 +47,11 @@ IGNORED = frozenset(
     {"PING", "INFO", "CONFIG", "HELLO", "CLIENT", "MONITOR", "SELECT", "LATENCY", "SLOWLOG"}
     | {"DBSIZE", "MEMORY", "COMMAND", "CLUSTER"}
 )
-#: The order events stream's commands (the relay's, the notification consumer's), counted apart.
+#: The order events stream's commands (the relay's, the notification consumer's), counted apart;
+#: MULTI and EXEC are the relay's, around each batch of XADDs (nothing else here sends them).
 STREAM_COMMANDS = frozenset(
     {"XADD", "XTRIM", "XREADGROUP", "XACK", "XAUTOCLAIM", "XCLAIM", "XINFO", "XGROUP", "XLEN"}
+    | {"MULTI", "EXEC"}
 )
 THROUGHPUT_IN_FLIGHT = 16
 #: Orders in a row per customer in the mid-burst pass: within the default burst of 20.

@@ -15,8 +15,8 @@ process; a second one would) publish the same rows, again only duplicates with t
 
 One thread per process, woken by the store after each commit (and polling every ``poll_s``
 as a backstop: another process may have written the file); once woken it lingers a few
-milliseconds, so the commits of a busy moment go out together. A batch is one pipelined round
-trip of XADDs and one SQLite delete. While Redis fails, the relay backs off (jittered, up to
+milliseconds, so the commits of a busy moment go out together. A batch is one round trip of
+XADDs in a MULTI/EXEC and one SQLite delete. While Redis fails, the relay backs off (jittered, up to
 a couple of seconds) with one WARNING per outage, and drains the backlog once Redis answers.
 """
 
@@ -115,7 +115,10 @@ class Relay:
             rows = self._store.outbox(self._batch)
             if not rows:
                 return sent, True
-            pipe = self._redis.pipeline(transaction=False)
+            # MULTI/EXEC: Redis serves a consumer blocked on the stream after the command that
+            # fed it, so a plain pipeline's first XADD would wake it with one entry; after an
+            # EXEC it reads the whole batch (one SQLite transaction and one XACK for it).
+            pipe = self._redis.pipeline(transaction=True)
             for row in rows:
                 # redis-py's FieldT is invariant in the mapping's types; a str dict is fine.
                 pipe.xadd(STREAM, row.fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
