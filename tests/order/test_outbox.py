@@ -126,6 +126,40 @@ def test_with_events_off_no_event_is_written(store_db: Database) -> None:
     assert store.outbox(10) == []
 
 
+def test_a_consumer_blocked_on_the_stream_reads_a_published_batch_at_once(
+    store_db: Database, own_redis: int
+) -> None:
+    store = _store(store_db)
+    for _ in range(5):
+        order = store.insert(_pending(), fence=1)
+        store.save(
+            replace(order, status=Status.FAILED, step=Step.DONE, failure_reason="x"), fence=1
+        )
+    client = redis.Redis(port=own_redis)
+    client.xgroup_create(order_events.STREAM, "probe", id="0", mkstream=True)
+    first_read: list[Any] = []
+
+    def consume() -> None:
+        with closing(redis.Redis(port=own_redis)) as reader:
+            first_read.extend(
+                reader.xreadgroup("probe", "c", {order_events.STREAM: ">"}, count=16, block=5000)
+            )
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    wait_until(
+        lambda: any(c.get("cmd") == "xreadgroup" for c in client.client_list()),
+        timeout_s=10,
+        what="the consumer blocked on the stream",
+    )
+    assert Relay(store, client, threading.Event()).drain() == 5
+    consumer.join(timeout=10)
+
+    # One MULTI/EXEC: a plain pipeline would wake the consumer with its first XADD alone.
+    [(_, entries)] = first_read
+    assert len(entries) == 5
+
+
 # --- the relay against a real order server and Redis --------------------------------------------
 
 
