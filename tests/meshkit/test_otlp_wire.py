@@ -114,6 +114,23 @@ def test_an_attribute_the_sdk_cannot_encode_is_left_out_and_the_rest_is_kept(
     assert [a.key for a in span.attributes] == ["ok"]
 
 
+def test_values_that_are_equal_but_encode_apart_are_never_mixed_up(
+    recorded: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = recorded
+    tracer = provider.get_tracer("t")
+    # Python calls these pairs equal; OTLP writes each differently.
+    for value in ((1, 2), (True, 2), 0.0, -0.0, 1, True, 1.0):
+        with tracer.start_as_current_span("same key", attributes={"v": value}):
+            pass
+    spans = list(exporter.get_finished_spans())
+
+    assert _otlp_wire.export_request(spans) == encode_spans(spans)
+    assert _otlp_wire.export_request(spans).SerializeToString() == (
+        encode_spans(spans).SerializeToString()
+    )
+
+
 def test_no_spans_is_an_empty_request() -> None:
     assert _otlp_wire.encode([]) == b""
 

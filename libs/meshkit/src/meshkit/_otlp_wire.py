@@ -192,9 +192,11 @@ def _key_value(key: str, value: Any) -> bytes:
 
 #: Encoded attribute fields by (field, key, type, value): most attributes repeat (rpc.method,
 #: db.system, a status code), so most are written once. Emptied when full, so ids (order.id)
-#: cannot grow it.
+#: cannot grow it. Only these types: equal values of them encode alike (not so for floats,
+#: 0.0 == -0.0, nor for tuples, (1,) == (True,)).
 _KEY_VALUES: dict[tuple[bytes, str, type, Any], bytes] = {}
 _KEY_VALUES_MAX = 4096
+_CACHED_TYPES = frozenset({str, int, bool})
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
@@ -203,11 +205,9 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     encoded = []
     cache = _KEY_VALUES
     for key, value in attributes.items():
-        try:
-            cached = (tag, key, type(value), value)
-            pair = cache.get(cached)
-        except TypeError:  # an unhashable value (a list): encoded each time
-            cached, pair = None, None
+        kind = type(value)
+        cached = (tag, key, kind, value) if kind in _CACHED_TYPES else None
+        pair = None if cached is None else cache.get(cached)
         if pair is None:
             try:
                 pair = _field(tag, _key_value(key, value))
