@@ -5,8 +5,8 @@ interleaved blocks against one private redis-server.
 * ping: ``PING``, the bare round trip (the baseline);
 * get: ``GET`` of a customer's key, a one-key read;
 * claim: ``Claims.claim`` of a new request_id with the limit off (the script skips it);
-* admit: the same claim with the limit on, letting the order in (``TIME`` and ``SET NX GET``
-  more in the script: each call is a new, idle customer's);
+* admit: the same claim with the limit on, letting the order in (one ``SET NX PX`` more in
+  the script: each call is a new, idle customer's);
 * refuse: the claim of a customer over the limit (the script takes the claim and drops it
   again, and leaves the customer's key as it was), and the ``ResourceExhausted`` it raises.
 

@@ -1,10 +1,10 @@
 """The per-customer GCRA limit, as the script that admits a new order applies it, against a
 real redis-server.
 
-The script reads Redis's own clock, so the tests move time by moving the customer's stored
-theoretical arrival time back: GCRA depends only on how far that is ahead of now, so
-``elapse(d)`` is the same as ``d`` passing. Rates are slow (an order per 100 s), so the real
-time a test takes never lets an order in by itself.
+The customer's theoretical arrival time is their key's expiry, on Redis's own clock, so the
+tests move time by bringing that expiry nearer: GCRA depends only on how far the arrival time
+is ahead of now, so ``elapse(d)`` is the same as ``d`` passing. Rates are slow (an order per
+100 s), so the real time a test takes never lets an order in by itself.
 """
 
 from __future__ import annotations
@@ -42,9 +42,13 @@ def client(redis_url: str) -> redis.Redis:
 def elapse(client: redis.Redis, customer_id: str, seconds: float) -> None:
     """As if ``seconds`` passed for this customer's limit (its key keeps its TTL)."""
     key = rate_limit_key(customer_id)
-    tat = client.get(key)
-    assert tat is not None, "nothing to move: the customer has no state"
-    client.set(key, int(tat) - round(seconds * 1_000_000), keepttl=True)
+    ahead_ms = client.pttl(key)
+    assert ahead_ms > 0, "nothing to move: the customer has no state"
+    left_ms = ahead_ms - round(seconds * 1000)
+    if left_ms > 0:
+        client.pexpire(key, left_ms)
+    else:
+        client.delete(key)  # the arrival time is past: as Redis would have expired it
 
 
 class Admission:
@@ -147,7 +151,7 @@ def _spent(client: redis.Redis, admit: Callable[[], object]) -> dict[str, int]:
 
     def calls() -> dict[str, int]:
         stats = client.info("commandstats")
-        names = ("evalsha", "time", "get", "set", "del")
+        names = ("evalsha", "time", "get", "set", "pttl", "del")
         return {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in names}
 
     before = calls()
@@ -161,21 +165,25 @@ def test_an_idle_customer_is_read_and_charged_in_one_command(client: redis.Redis
     limit.admit("warm")  # loads the script
 
     spent = _spent(client, lambda: limit.admit("alice"))
-    # SET: the claim, the customer's arrival time (NX GET: none, so charged), the lease.
-    assert spent == {"evalsha": 1, "time": 1, "set": 3}
+    # SET: the claim, the customer's arrival time (NX: none, so charged), the lease; no TIME.
+    assert spent == {"evalsha": 1, "set": 3}
     ttl_ms = client.pttl(rate_limit_key("alice"))
     assert INTERVAL_S * 1000 - 5_000 < ttl_ms <= INTERVAL_S * 1000
 
 
-def test_a_customer_mid_burst_pays_one_set_more_and_one_interval(client: redis.Redis) -> None:
+def test_a_customer_mid_burst_pays_a_pttl_and_a_set_more_and_one_interval(
+    client: redis.Redis,
+) -> None:
     limit = Admission(client, SLOW)
     limit.admit("alice")
     key = rate_limit_key("alice")
-    tat = int(client.get(key) or 0)
+    before = client.pexpiretime(key)
 
     spent = _spent(client, lambda: limit.admit("alice"))
-    assert spent == {"evalsha": 1, "time": 1, "set": 4}  # the arrival time is set once more
-    assert int(client.get(key) or 0) == tat + round(INTERVAL_S * 1_000_000)
+    # The arrival time's SET NX finds the key; its PTTL, and one more SET pushes it on.
+    assert spent == {"evalsha": 1, "set": 4, "pttl": 1}
+    # One interval on, to the millisecond (the PTTL it built on was read a few ms after).
+    assert abs(client.pexpiretime(key) - (before + INTERVAL_S * 1000)) <= 2
     term_ms = 2 * INTERVAL_S * 1000
     assert term_ms - 5_000 < client.pttl(key) <= term_ms
 
@@ -190,8 +198,9 @@ def test_a_refusal_leaves_the_customers_arrival_time_and_its_expiry_as_they_were
     stored = (client.get(key), client.pexpiretime(key))
 
     spent = _spent(client, lambda: limit.admit("alice"))
-    # The claim, taken and deleted again; the arrival time, read by a SET NX that wrote nothing.
-    assert spent == {"evalsha": 1, "time": 1, "set": 2, "del": 1}
+    # The claim, taken and deleted again; the arrival time, a SET NX that wrote nothing and
+    # its PTTL.
+    assert spent == {"evalsha": 1, "set": 2, "pttl": 1, "del": 1}
     assert (client.get(key), client.pexpiretime(key)) == stored
     assert len(client.keys("order:idem:*")) == 3  # the admitted orders' claims only
     assert len(client.keys("order:lease:*")) == 3

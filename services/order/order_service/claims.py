@@ -21,21 +21,23 @@ IDEMPOTENCY_TTL_S = 86_400
 #: over), after charging the customer's rate limit (GCRA, see ratelimit.py). A request_id
 #: already claimed is neither charged nor refused: a duplicate waits for its order.
 #:
-#: Four commands on the usual path, TIME and three SETs. TIME is the one the caller's clock
-#: would save; Redis's is read so that order replicas with skewed clocks share one schedule.
+#: Three commands on the usual path, three SETs, and none of them reads a clock: the customer's
+#: theoretical arrival time is kept as its key's expiry, which Redis counts on its own clock, so
+#: order replicas with skewed clocks share one schedule and no ``TIME`` is needed.
 #:
 #: - ``SET NX GET`` claims the request_id and reads who holds it in one command (NX with GET
 #:   needs Redis >= 7.0; Debian bookworm's redis-server, which ``make system-deps`` installs,
 #:   is 7.0.15). A later refusal deletes the claim again: the script is atomic, so nobody saw it.
-#: - The customer's theoretical arrival time, ``SET NX GET`` too: a customer with no key (idle
-#:   since their last order's interval ran out: the key expires then) is charged in that
-#:   command, as ratelimit.py's GCRA charges a missing TAT; only a customer mid-burst, whose key
-#:   is there, pays a second SET, and a refusal writes nothing.
+#: - The customer's arrival time: ``SET NX PX interval`` charges a customer with no key (idle
+#:   since their last order's interval ran out: the key expires then) in that one command, as
+#:   GCRA charges a missing TAT (now + interval). A customer mid-burst has a key: its ``PTTL``
+#:   is how far the TAT is ahead of now, and one more ``SET PX`` pushes it on by an interval;
+#:   a refusal writes nothing.
 #: - The lease's fencing token is leases.FIRST_FENCE with no counter: the order id is new, so
 #:   this is its first grant, and every later grant (leases.ACQUIRE_WITH_FENCE) is above it.
 #:
 #: KEYS[1] the claim key; KEYS[2] the new order's lease key;
-#: KEYS[3] the customer's rate-limit key (its theoretical arrival time, in µs of Redis's clock).
+#: KEYS[3] the customer's rate-limit key (its expiry is the theoretical arrival time).
 #: ARGV[1] the claim (order_id|fingerprint); ARGV[2] its time to live in s;
 #: ARGV[3] the lease token; ARGV[4] the lease's time to live in ms;
 #: ARGV[5] the rate limit's emission interval in µs (1 s / rate; 0: no limit, KEYS[3] unused);
@@ -50,15 +52,14 @@ if holder then
     return {0, holder}
 end
 local interval = tonumber(ARGV[5])
-local now, tat
+local charged, ahead
 if interval > 0 then
-    local clock = redis.call('time')
-    now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-    local stored = redis.call('set', KEYS[3], string.format('%.0f', now + interval),
-        'nx', 'px', math.ceil(interval / 1000), 'get')
-    if stored then
-        tat = math.max(tonumber(stored), now)
-        local wait = tat - tonumber(ARGV[6]) - now
+    -- PX counts whole ms: an interval under 1 ms is charged as 1 ms.
+    local interval_ms = math.max(1, math.ceil(interval / 1000))
+    charged = redis.call('set', KEYS[3], '1', 'nx', 'px', interval_ms)
+    if not charged then
+        ahead = math.max(redis.call('pttl', KEYS[3]), 0) * 1000
+        local wait = ahead - tonumber(ARGV[6])
         if wait > 0 then
             redis.call('del', KEYS[1])
             return {2, wait}
@@ -67,14 +68,13 @@ if interval > 0 then
 end
 if not redis.call('set', KEYS[2], ARGV[3], 'nx', 'px', ARGV[4]) then
     redis.call('del', KEYS[1])
-    if interval > 0 and not tat then
+    if charged then
         redis.call('del', KEYS[3])
     end
     return redis.error_reply('lease ' .. KEYS[2] .. ' is already held')
 end
-if tat then
-    tat = tat + interval
-    redis.call('set', KEYS[3], string.format('%.0f', tat), 'px', math.ceil((tat - now) / 1000))
+if ahead then
+    redis.call('set', KEYS[3], '1', 'px', math.max(1, math.ceil((ahead + interval) / 1000)))
 end
 return {1}
 """

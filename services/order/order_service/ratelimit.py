@@ -5,15 +5,18 @@ GCRA (the generic cell rate algorithm, as redis-cell and Brandur Leach's "Rate l
 cells, and GCRA" use it) keeps one number per customer, the theoretical arrival time (TAT):
 when the customer's orders so far would have been spread out at the steady rate. An order is
 let in while the TAT is at most ``burst - 1`` intervals ahead of now, and pushes it on by one
-interval; a refused order is told exactly when the next one fits, and costs nothing. Unlike a
-fixed window it never lets twice the rate through at a window's edge, and unlike a token
-bucket it needs no refill: one ``SET NX GET`` with a TTL per order when the customer has no
-key (idle: the usual case), which reads and charges at once, and a second ``SET`` for a
-customer mid-burst.
+interval; a refused order is told when the next one fits, and costs nothing. Unlike a fixed
+window it never lets twice the rate through at a window's edge, and unlike a token bucket it
+needs no refill.
 
-The script reads the time from Redis (``TIME``), not from the caller, so order replicas with
-skewed clocks share one schedule per customer; a key expires when its TAT is reached, when
-the customer is back at a full burst, so an idle customer costs no memory.
+The TAT is the customer's key's expiry: how far it is ahead of now is the key's ``PTTL``, and
+pushing it on is a ``SET PX``. Redis counts expiries on its own clock, so order replicas with
+skewed clocks share one schedule per customer without the script reading a clock (no
+``TIME``), and a key expires exactly when its TAT is reached, when the customer is back at a
+full burst: an idle customer costs no memory, and their next order is one ``SET NX PX``
+that charges them at once (the usual case). Expiries count whole milliseconds, so the
+schedule is kept to the millisecond (an interval under 1 ms, a rate above 1000/s, counts as
+1 ms).
 
 Written here rather than taken from a library: the algorithm is a dozen lines of the script,
 redis-cell is a server module that Debian's redis-server does not ship, and the Python
