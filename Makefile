@@ -114,9 +114,12 @@ observe-down: ## stop what `make observe` started
 	@$(NEED_DOCKER)
 	docker compose -f $(OBSERVE_COMPOSE) --profile '*' down
 
-.PHONY: test
+.PHONY: test test-fast
 test: setup ## set up and run the whole suite
 	$(PY) -m pytest
+# The fast lane: everything but the tests that start a whole mesh (marked stack).
+test-fast: setup ## the suite without the whole-mesh tests (about a minute)
+	$(PY) -m pytest -m "not stack"
 
 .PHONY: bench
 bench: setup ## run the benchmarks under bench/
