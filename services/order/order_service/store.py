@@ -386,10 +386,9 @@ class OrderStore:
         return count
 
 
-def order_event(
-    order: Order, occurred_at_ms: int, trace_id: str, traceparent: str = ""
-) -> OrderEvent:
-    """The event of a finished order."""
+def order_event(order: Order, occurred_at_ms: int, traceparent: str = "") -> OrderEvent:
+    """The event of a finished order; ``traceparent`` ("00-<trace id>-<span id>-<flags>") is
+    the span that finished it, and names the event's trace id too."""
     confirmed = order.status is Status.CONFIRMED
     status = order_events.STATUS_CONFIRMED if confirmed else order_events.STATUS_FAILED
     return OrderEvent(
@@ -402,15 +401,13 @@ def order_event(
         total_units=None if order.total is None else order.total.amount_minor,
         total_currency=None if order.total is None else order.total.currency_code,
         occurred_at_ms=occurred_at_ms,
-        trace_id=trace_id,
+        trace_id=traceparent.split("-")[1] if traceparent else "",
         traceparent=traceparent,
     )
 
 
 def _add_event(conn: sqlite3.Connection, order: Order, now_ms: int) -> None:
-    event = order_event(
-        order, now_ms, tracing.current_trace_id() or "", tracing.current_traceparent()
-    )
+    event = order_event(order, now_ms, tracing.current_traceparent())
     conn.execute(
         "INSERT INTO outbox (event_id, fields, created_at) VALUES (?, ?, ?)",
         (event.event_id, json.dumps(event.to_fields()), now_ms),

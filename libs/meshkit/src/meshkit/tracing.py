@@ -314,12 +314,6 @@ def exemplar() -> dict[str, str] | None:
     return {"trace_id": format(context.trace_id, "032x")}
 
 
-def current_trace_id() -> str | None:
-    """The current span's trace id as 32 hex digits, or None outside a trace."""
-    context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else None
-
-
 #: The rpc.* attributes of a method's SERVER spans, worked out once per method.
 _MethodAttributes = Mapping[str, str]
 
